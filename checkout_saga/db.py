@@ -1,0 +1,48 @@
+"""PostgreSQL pools and schema migration: one schema per service."""
+
+from __future__ import annotations
+
+import asyncpg
+
+MIGRATION_LOCK = 0x5A6A  # one advisory lock: concurrent starters migrate one at a time
+
+
+def messaging_ddl(schema: str) -> str:
+    """The inbox and outbox tables every service (and the coordinator) owns."""
+    return f"""
+    CREATE TABLE IF NOT EXISTS {schema}.inbox (
+        checkout_session_id text NOT NULL,
+        command text NOT NULL,
+        reply bytea,
+        handled_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (checkout_session_id, command)
+    );
+    CREATE TABLE IF NOT EXISTS {schema}.outbox (
+        id bigserial PRIMARY KEY,
+        topic text NOT NULL,
+        key text NOT NULL,
+        value bytea NOT NULL,
+        headers jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    """
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        command_timeout=60,
+        max_inactive_connection_lifetime=60,
+    )
+    assert pool is not None
+    return pool
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, ddl: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(messaging_ddl(schema))
+        await conn.execute(ddl)

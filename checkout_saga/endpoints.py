@@ -1,0 +1,58 @@
+"""Where the servers are: the environment first, else the endpoints file that
+a running ``checkout-saga up`` (or ``demo``) wrote for the embedded stack."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from checkout_saga.settings import Settings
+from checkout_saga.stack import Endpoints
+
+FILE_NAME = "endpoints.json"
+
+
+def endpoints_file(settings: Settings) -> Path:
+    return settings.checkout_data_dir / FILE_NAME
+
+
+def write(settings: Settings, endpoints: Endpoints) -> Path:
+    path = endpoints_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "kafka_bootstrap_servers": endpoints.kafka_bootstrap,
+        "database_url": endpoints.database_url,
+        "redis_url": endpoints.redis_url,
+        "pid": os.getpid(),
+    }))
+    return path
+
+
+def remove(settings: Settings) -> None:
+    endpoints_file(settings).unlink(missing_ok=True)
+
+
+def with_embedded(settings: Settings, endpoints: Endpoints, started: set[str]) -> Settings:
+    update: dict[str, object] = {
+        "kafka_bootstrap_servers": endpoints.kafka_bootstrap,
+        "database_url": settings.database_url or endpoints.database_url,
+        "redis_url": endpoints.redis_url,
+    }
+    if "kafka" in started:
+        # The embedded broker is tansu: a short session keeps group joins fast.
+        update |= {"checkout_kafka_session_timeout_ms": 1000,
+                   "checkout_kafka_heartbeat_interval_ms": 300}
+    return settings.model_copy(update=update)
+
+
+def resolve(settings: Settings) -> Settings:
+    """Fill unset URLs from a running embedded stack's endpoints file."""
+    if settings.kafka_bootstrap_servers and settings.database_url and settings.redis_url:
+        return settings
+    path = endpoints_file(settings)
+    if not path.exists():
+        return settings
+    found = json.loads(path.read_text())
+    update = {k: v for k, v in found.items() if k != "pid" and not getattr(settings, k)}
+    return settings.model_copy(update=update)

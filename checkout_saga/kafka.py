@@ -1,0 +1,137 @@
+"""Thin adapters over confluent-kafka: client settings, topic creation and an
+asyncio-friendly producer.
+
+The client settings default to values that suit both Apache Kafka and the
+embedded tansu broker (see docs/architecture.md): a 6 s session timeout keeps
+tansu's group join short (it waits half the session timeout) while staying
+inside Kafka's default minimum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from checkout_saga.errors import TransientError
+from checkout_saga.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def consumer_config(settings: Settings, group: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.checkout_kafka_session_timeout_ms,
+        "heartbeat.interval.ms": settings.checkout_kafka_heartbeat_interval_ms,
+        "partition.assignment.strategy": "range",
+        "fetch.wait.max.ms": settings.checkout_kafka_fetch_wait_max_ms,
+        "enable.partition.eof": False,
+    }
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 2,
+        "compression.type": "lz4",
+    }
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str], timeout: float = 30.0) -> None:
+    """Create the topics that do not exist yet (idempotent)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [t for t in dict.fromkeys(topics) if t not in existing]
+    if not wanted:
+        return
+    futures = admin.create_topics(
+        [
+            NewTopic(t, settings.checkout_partitions, settings.checkout_replication_factor)
+            for t in wanted
+        ],
+        operation_timeout=timeout,
+    )
+    for topic, fut in futures.items():
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    log.info("created topics %s", ", ".join(wanted))
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    topic: str
+    key: str
+    value: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class AsyncProducer:
+    """One idempotent producer per process; ``send`` waits for every ack."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._producer = Producer(dict(config))
+        self._closed = False
+
+    def warm_up(self, timeout: float = 10.0) -> None:
+        # The first idempotent send waits for a producer id: pay that at start.
+        self._producer.list_topics(timeout=timeout)
+
+    async def send(self, messages: Iterable[OutgoingMessage]) -> None:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for msg in messages:
+            fut: asyncio.Future[None] = loop.create_future()
+            futures.append(fut)
+            self._produce(loop, fut, msg)
+        if not futures:
+            return
+        await loop.run_in_executor(None, self._producer.flush, 30.0)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise TransientError(f"{len(errors)} of {len(futures)} sends failed: {errors[0]}")
+
+    def _produce(
+        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], msg: OutgoingMessage
+    ) -> None:
+        def delivered(err: KafkaError | None, _m: Any) -> None:
+            def settle() -> None:
+                if fut.done():
+                    return
+                if err is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(TransientError(str(err)))
+
+            loop.call_soon_threadsafe(settle)
+
+        while True:
+            try:
+                self._producer.produce(
+                    msg.topic,
+                    value=msg.value,
+                    key=msg.key.encode(),
+                    headers=[(k, v.encode()) for k, v in msg.headers.items()],
+                    on_delivery=delivered,
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._producer.flush(10.0)

@@ -1,0 +1,34 @@
+"""Turning models into keyed CloudEvents on a topic, and back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Mapping
+
+from pydantic import BaseModel
+
+from checkout_saga.kafka import OutgoingMessage
+from schemas.envelope import encode_event, make_event
+
+# Stable ids for events that may be re-sent (a republished result keeps its id).
+_NAMESPACE = uuid.UUID("6f1c2a4e-2b1d-4c59-9a53-5b8f2f3d7e10")
+
+
+def stable_id(*parts: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "\x1f".join(parts)))
+
+
+def event_message(
+    topic: str,
+    type_: str,
+    source: str,
+    session_id: str,
+    data: BaseModel,
+    *,
+    id: str | None = None,
+    time: datetime | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> OutgoingMessage:
+    event = make_event(type=type_, source=source, subject=session_id, data=data, id=id, time=time)
+    return OutgoingMessage(topic, session_id, encode_event(event), dict(headers or {}))

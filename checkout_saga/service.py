@@ -1,0 +1,128 @@
+"""The command-handling shell shared by the inventory, payment and orders services.
+
+One transaction per command: the inbox row (keyed by session id and command
+name), the business change and the outbox rows commit together. A second
+delivery of the same command finds the inbox row and only re-sends the
+recorded reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Mapping
+
+import asyncpg
+from confluent_kafka import Message
+
+from checkout_saga.errors import PermanentError
+from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.messages import event_message
+from checkout_saga.outbox import OutboxRelay, enqueue
+from checkout_saga.topics import SAGA_REPLIES
+from schemas.envelope import InvalidEvent, parse_event
+from schemas.internal import COMMANDS, REPLY_TYPE, Command, CommandReply
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class Outcome:
+    """What a handler decided: the reply (None: answered later) and other events."""
+
+    reply: CommandReply | None
+    events: list[OutgoingMessage] = field(default_factory=list)
+
+CommandHandler = Callable[[asyncpg.Connection, Command], Awaitable[Outcome]]
+
+@dataclass(frozen=True)
+class Route:
+    handler: CommandHandler
+    # False for commands whose handler is idempotent by state and must run
+    # again on a repeat (a void re-sent after a late authorization).
+    dedupe: bool = True
+
+def ok(cmd: Command, **data: object) -> CommandReply:
+    return CommandReply(
+        checkout_session_id=cmd.checkout_session_id, command=type(cmd).__name__, ok=True, data=data
+    )
+
+def failed(cmd: Command, reason: str, detail: str, skus: list[str] | None = None) -> CommandReply:
+    return CommandReply(
+        checkout_session_id=cmd.checkout_session_id,
+        command=type(cmd).__name__,
+        ok=False,
+        reason=reason,  # type: ignore[arg-type]
+        detail=detail,
+        skus=skus,
+    )
+
+def reply_message(source: str, reply: CommandReply) -> OutgoingMessage:
+    return event_message(SAGA_REPLIES, REPLY_TYPE, source, reply.checkout_session_id, reply)
+
+class CommandService:
+    def __init__(
+        self,
+        name: str,
+        pool: asyncpg.Pool,
+        routes: Mapping[type[Command], Route],
+        relay: OutboxRelay,
+    ) -> None:
+        self.name = name
+        self.schema = name
+        self.source = f"urn:checkout-saga:{name}"
+        self._pool = pool
+        self._routes = routes
+        self._relay = relay
+        self._types = {cls.__name__: cls for cls in routes}
+
+    async def handle(self, msg: Message) -> None:
+        try:
+            _, command = parse_event(msg.value() or b"", self._types)
+        except InvalidEvent as exc:
+            raise PermanentError(exc.reason) from exc
+        assert isinstance(command, Command)
+        await self.execute(command)
+
+    async def execute(self, command: Command) -> None:
+        route = self._routes[type(command)]
+        name = type(command).__name__
+        async with self._pool.acquire() as conn, conn.transaction():
+            if route.dedupe:
+                fresh = await conn.fetchval(
+                    f"INSERT INTO {self.schema}.inbox (checkout_session_id, command) "
+                    "VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+                    command.checkout_session_id,
+                    name,
+                )
+                if not fresh:
+                    await self._resend_recorded(conn, command.checkout_session_id, name)
+                    return
+            outcome = await route.handler(conn, command)
+            out = list(outcome.events)
+            if outcome.reply is not None:
+                message = reply_message(self.source, outcome.reply)
+                out.insert(0, message)
+                if route.dedupe:
+                    await conn.execute(
+                        f"UPDATE {self.schema}.inbox SET reply = $3 "
+                        "WHERE checkout_session_id = $1 AND command = $2",
+                        command.checkout_session_id,
+                        name,
+                        message.value,
+                    )
+            await enqueue(conn, self.schema, out)
+        self._relay.wake()
+
+    async def _resend_recorded(self, conn: asyncpg.Connection, session_id: str, name: str) -> None:
+        reply = await conn.fetchval(
+            f"SELECT reply FROM {self.schema}.inbox WHERE checkout_session_id = $1 AND command = $2",
+            session_id,
+            name,
+        )
+        if reply is None:
+            log.info("%s: %s for %s already in hand, no answer yet", self.name, name, session_id)
+            return
+        await enqueue(conn, self.schema, [OutgoingMessage(SAGA_REPLIES, session_id, bytes(reply))])
+        log.info("%s: duplicate %s for %s: re-sent the recorded reply", self.name, name, session_id)
+
+ALL_COMMANDS = COMMANDS

@@ -1,0 +1,63 @@
+"""Process settings, read once from the environment into a frozen object.
+
+Handlers never read ``os.environ``: the composition root builds one
+``Settings`` and passes it (or the values it needs) down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="")
+
+    # Connections (contract names). None means "start an embedded server".
+    kafka_bootstrap_servers: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    inventory_database_url: str | None = None
+    payment_database_url: str | None = None
+    orders_database_url: str | None = None
+    saga_database_url: str | None = None
+
+    # Contract timings.
+    checkout_hold_ttl_seconds: float = Field(default=900.0, gt=0)
+    checkout_payment_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # Our own knobs; every one has a production-safe default.
+    checkout_step_timeout_seconds: float = Field(default=20.0, gt=0)
+    checkout_compensation_max_attempts: int = Field(default=8, ge=1)
+    # The simulator's "never answers" token answers this long after the
+    # payment timeout, so a late authorization can be seen and voided.
+    checkout_gateway_late_answer_seconds: float = Field(default=2.0, ge=0)
+    checkout_partitions: int = Field(default=8, ge=1)
+    checkout_replication_factor: int = Field(default=1, ge=1)
+    checkout_kafka_session_timeout_ms: int = 6000
+    checkout_kafka_heartbeat_interval_ms: int = 2000
+    checkout_kafka_fetch_wait_max_ms: int = 10
+    checkout_consumer_batch: int = 500
+    checkout_key_concurrency: int = 64
+    checkout_db_pool_size: int = 12
+    checkout_data_dir: Path = Path(".checkout-saga")
+    checkout_sweep_interval_seconds: float = 1.0
+    checkout_timer_interval_seconds: float = 0.2
+    checkout_log_level: str = "INFO"
+
+    def dsn_for(self, service: str) -> str:
+        """The DSN of one service's schema: its own URL, else DATABASE_URL."""
+        own: Any = getattr(self, f"{service}_database_url", None)
+        dsn = own or self.database_url
+        if not dsn:
+            raise RuntimeError(f"no database URL for {service}: set DATABASE_URL")
+        return str(dsn)
+
+    @property
+    def kafka(self) -> str:
+        if not self.kafka_bootstrap_servers:
+            raise RuntimeError("no Kafka bootstrap servers: set KAFKA_BOOTSTRAP_SERVERS")
+        return self.kafka_bootstrap_servers

@@ -1,0 +1,162 @@
+"""The consumer loop every worker runs.
+
+Consumes in batches, handles different keys concurrently and the messages of
+one key in order, and commits a batch only after every message in it is
+handled. The failure policy is explicit and wraps the handler:
+
+- transient trouble (a dropped connection, a deadlock) is retried with capped
+  exponential backoff and jitter, without committing, until it succeeds;
+- anything else (a poison message, a bug) goes to ``<topic>.dlq`` with the
+  original bytes and the error, stack and source offset in headers, and the
+  partition moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import traceback
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from checkout_saga.errors import is_transient
+from checkout_saga.kafka import AsyncProducer, OutgoingMessage
+from schemas.contract import dlq_topic
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message], Awaitable[None]]
+
+
+def dead_letter(msg: Message, error: BaseException, stage: str = "handle") -> OutgoingMessage:
+    key = msg.key()
+    stack = "".join(traceback.format_exception(error))[-4000:]
+    return OutgoingMessage(
+        topic=dlq_topic(msg.topic()),
+        key=key.decode("utf-8", "replace") if key else "",
+        value=msg.value() or b"",
+        headers={
+            "dlq.error": f"{type(error).__name__}: {error}"[:2000],
+            "dlq.error.class": type(error).__name__,
+            "dlq.stage": stage,
+            "dlq.stack": stack,
+            "dlq.source.topic": msg.topic(),
+            "dlq.source.partition": str(msg.partition()),
+            "dlq.source.offset": str(msg.offset()),
+        },
+    )
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        name: str,
+        config: dict[str, Any],
+        topics: list[str],
+        handler: Handler,
+        producer: AsyncProducer,
+        batch: int = 500,
+        key_concurrency: int = 64,
+    ) -> None:
+        self.name = name
+        self._config = config
+        self._topics = topics
+        self._handler = handler
+        self._producer = producer
+        self._batch = batch
+        self._limit = asyncio.Semaphore(key_concurrency)
+        # librdkafka calls must not overlap: one thread owns the consumer.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{name}")
+        self._consumer: Consumer | None = None
+        self.handled = 0
+        self.dead_lettered = 0
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._consumer = await self._call(Consumer, self._config)
+        await self._call(self._consumer.subscribe, self._topics)
+        try:
+            while not stop.is_set():
+                msgs: list[Message] = await self._call(self._consumer.consume, self._batch, 0.05)
+                good = [m for m in msgs if not self._is_error(m)]
+                if good:
+                    await self._handle_batch(good, stop)
+        finally:
+            await self._call(self._consumer.close)
+            self._thread.shutdown(wait=False)
+
+    def _is_error(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        log.warning("%s: consumer error %s", self.name, err)
+        return True
+
+    async def _handle_batch(self, msgs: list[Message], stop: asyncio.Event) -> None:
+        by_key: OrderedDict[Any, list[Message]] = OrderedDict()
+        for i, msg in enumerate(msgs):
+            key = msg.key() or ("__nokey__", i)
+            by_key.setdefault(key, []).append(msg)
+        done = await asyncio.gather(*(self._handle_key(group, stop) for group in by_key.values()))
+        if not all(done):
+            return  # stopping mid-retry: leave the batch uncommitted for the next owner
+        offsets: dict[tuple[str, int], int] = {}
+        for msg in msgs:
+            tp = (msg.topic(), msg.partition())
+            offsets[tp] = max(offsets.get(tp, -1), msg.offset() + 1)
+        commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            await self._call(lambda: self._consumer.commit(offsets=commit, asynchronous=False))  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a failed commit only means a redelivery
+            log.warning("%s: commit failed (messages will be redelivered): %s", self.name, exc)
+
+    async def _handle_key(self, group: list[Message], stop: asyncio.Event) -> bool:
+        async with self._limit:
+            for msg in group:
+                if not await self._handle_one(msg, stop):
+                    return False
+        return True
+
+    async def _handle_one(self, msg: Message, stop: asyncio.Event) -> bool:
+        attempt = 0
+        while True:
+            try:
+                await self._handler(msg)
+                self.handled += 1
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - policy: retry or dead-letter
+                if is_transient(exc) and not stop.is_set():
+                    attempt += 1
+                    delay = min(5.0, 0.05 * 2 ** min(attempt, 8)) * (0.5 + random.random())
+                    log.warning(
+                        "%s: transient error at %s[%d]@%d (attempt %d, retry in %.2fs): %s",
+                        self.name, msg.topic(), msg.partition(), msg.offset(), attempt, delay, exc,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                if is_transient(exc):
+                    return False
+                await self._dead_letter(msg, exc)
+                return True
+
+    async def _dead_letter(self, msg: Message, exc: BaseException) -> None:
+        log.error(
+            "%s: dead-lettering %s[%d]@%d: %s", self.name, msg.topic(), msg.partition(),
+            msg.offset(), exc,
+        )
+        while True:
+            try:
+                await self._producer.send([dead_letter(msg, exc)])
+                self.dead_lettered += 1
+                return
+            except Exception as send_exc:  # noqa: BLE001 - never drop a dead letter
+                log.warning("%s: dead-letter send failed, retrying: %s", self.name, send_exc)
+                await asyncio.sleep(0.5)

@@ -1,0 +1,86 @@
+"""The checkout saga as data: an ordered list of steps.
+
+Each step names the command that performs it, the command that undoes it
+(if any), what happens when its deadline passes, and whether it is the pivot
+after which the saga only goes forward. The state machine in
+``saga.machine`` walks any such definition; it knows no step by name.
+
+Every saga instance records the definition version it started with, so a
+deploy that changes the steps never changes a saga already in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class OnTimeout(StrEnum):
+    RETRY = "retry"  # re-send the (idempotent) command, backing off
+    FAIL = "fail"  # give up and compensate, with the step's timeout reason
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    service: str
+    action: str
+    compensation: str | None = None
+    pivot: bool = False
+    # Which timeout from MachineConfig.timeouts applies ("step" by default).
+    timeout: str = "step"
+    on_timeout: OnTimeout = OnTimeout.RETRY
+    timeout_reason: str | None = None
+    # Context key that must be truthy for the step to run (None: always).
+    only_if: str | None = None
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    name: str
+    version: int
+    steps: tuple[Step, ...]
+
+    def index_of(self, step_name: str) -> int:
+        for i, step in enumerate(self.steps):
+            if step.name == step_name:
+                return i
+        raise KeyError(step_name)
+
+    def step_for_action(self, command: str) -> Step | None:
+        return next((s for s in self.steps if s.action == command), None)
+
+    def step_for_compensation(self, command: str) -> Step | None:
+        return next((s for s in self.steps if s.compensation == command), None)
+
+    @property
+    def pivot_index(self) -> int:
+        """Index of the pivot step; len(steps) when there is none."""
+        return next((i for i, s in enumerate(self.steps) if s.pivot), len(self.steps))
+
+
+CHECKOUT_V1 = SagaDefinition(
+    name="checkout",
+    version=1,
+    steps=(
+        Step("reserve_stock", "inventory", "ReserveStock", "ReleaseStock"),
+        Step("create_order", "orders", "CreateOrder", "CancelOrder"),
+        Step(
+            "authorize_payment",
+            "payment",
+            "AuthorizePayment",
+            "VoidPayment",
+            timeout="payment",
+            on_timeout=OnTimeout.FAIL,
+            timeout_reason="PAYMENT_TIMEOUT",
+        ),
+        # Turning the hold into a sale is the pivot: once stock is sold and
+        # money authorized, the saga only goes forward.
+        Step("commit_stock", "inventory", "CommitStock", pivot=True),
+        Step("capture_payment", "payment", "CapturePayment"),
+        Step("confirm_order", "orders", "ConfirmOrder"),
+    ),
+)
+
+DEFINITIONS: dict[int, SagaDefinition] = {CHECKOUT_V1.version: CHECKOUT_V1}
+CURRENT = CHECKOUT_V1

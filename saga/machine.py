@@ -1,0 +1,304 @@
+"""The pure saga state machine: ``decide(definition, config, state, event)``.
+
+It walks a ``SagaDefinition`` forward step by step; on a business failure or
+a fatal timeout it undoes the completed steps in reverse order; after the
+pivot it only goes forward, retrying. It has no I/O: the coordinator persists
+the returned state and carries out the returned effects.
+
+Rules that keep the contract's guarantees:
+- a reply is acted on only when it answers the command in flight; anything
+  else is a duplicate or a late reply and changes nothing, except that
+- a late *success* of a step that is being or has been undone (a payment
+  authorized after its timeout) is undone again by its compensation;
+- compensations are retried with backoff until they succeed, and a
+  compensation that keeps failing is dead-lettered and the saga marked stuck,
+  never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from saga.definition import OnTimeout, SagaDefinition, Step
+from saga.state import (
+    ClearDeadline,
+    DeadLetter,
+    DeadlinePassed,
+    Decision,
+    Effect,
+    Failure,
+    LogEntry,
+    PublishOutcome,
+    Replied,
+    SagaEvent,
+    SagaState,
+    SagaStatus,
+    ScheduleDeadline,
+    SendCommand,
+    Started,
+)
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    timeouts: Mapping[str, float] = field(
+        default_factory=lambda: {"step": 20.0, "payment": 30.0}
+    )
+    max_compensation_attempts: int = 8
+    retry_backoff_cap: float = 60.0
+    # Delay before a compensation that answered "failed" is tried again.
+    compensation_retry_delay: float = 0.5
+
+
+def decide(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState | None,
+    event: SagaEvent,
+) -> Decision:
+    if isinstance(event, Started):
+        if state is not None:
+            return Decision(state, log=(LogEntry("-", "ignored", "checkout already started"),))
+        return _start(definition, config, event)
+    if state is None:
+        raise ValueError(f"{type(event).__name__} for a saga that was never started")
+    if isinstance(event, Replied):
+        return _on_reply(definition, config, state, event)
+    return _on_deadline(definition, config, state, event)
+
+
+# ---- forward ---------------------------------------------------------------
+
+
+def _start(definition: SagaDefinition, config: MachineConfig, event: Started) -> Decision:
+    state = SagaState(
+        session_id=event.session_id,
+        definition_version=definition.version,
+        status=SagaStatus.RUNNING,
+        cursor=-1,
+        attempt=0,
+        context=dict(event.context),
+    )
+    started = LogEntry("-", "started", f"checkout saga v{definition.version} started")
+    return _advance(definition, config, state, after=-1, log=(started,))
+
+
+def _next_runnable(definition: SagaDefinition, state: SagaState, after: int) -> int | None:
+    for i in range(after + 1, len(definition.steps)):
+        only_if = definition.steps[i].only_if
+        if only_if is None or state.context.get(only_if):
+            return i
+    return None
+
+
+def _advance(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState,
+    after: int,
+    log: tuple[LogEntry, ...] = (),
+) -> Decision:
+    nxt = _next_runnable(definition, state, after)
+    if nxt is None:
+        done = replace(state, status=SagaStatus.SUCCEEDED, cursor=len(definition.steps), attempt=0)
+        return Decision(
+            done,
+            (ClearDeadline(), PublishOutcome(succeeded=True)),
+            log + (LogEntry("-", "succeeded", "checkout succeeded"),),
+        )
+    return _send_action(definition, config, replace(state, cursor=nxt, attempt=1), log)
+
+
+def _send_action(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState,
+    log: tuple[LogEntry, ...] = (),
+) -> Decision:
+    step = definition.steps[state.cursor]
+    effects: tuple[Effect, ...] = (
+        SendCommand(step.name, step.action, state.attempt, compensation=False),
+        ScheduleDeadline(_action_timeout(config, step, state.attempt), state.deadline_token),
+    )
+    entry = LogEntry(step.name, "command", f"{step.action} sent (attempt {state.attempt})")
+    return Decision(state, effects, log + (entry,))
+
+
+def _action_timeout(config: MachineConfig, step: Step, attempt: int) -> float:
+    base = config.timeouts.get(step.timeout, config.timeouts["step"])
+    if step.on_timeout is OnTimeout.FAIL:
+        return base
+    return min(base * 2 ** (attempt - 1), max(base, config.retry_backoff_cap))
+
+
+def _on_reply(
+    definition: SagaDefinition, config: MachineConfig, state: SagaState, event: Replied
+) -> Decision:
+    if state.status is SagaStatus.RUNNING:
+        step = definition.steps[state.cursor]
+        if event.command == step.action:
+            return _on_action_reply(definition, config, state, step, event)
+    if state.status is SagaStatus.COMPENSATING and not state.stuck:
+        step = definition.steps[definition.index_of(state.to_compensate[state.cursor])]
+        if event.command == step.compensation:
+            return _on_compensation_reply(definition, config, state, step, event)
+    return _on_stray_reply(definition, state, event)
+
+
+def _on_action_reply(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState,
+    step: Step,
+    event: Replied,
+) -> Decision:
+    if event.ok:
+        done = replace(state, completed=state.completed + (step.name,)).with_context(event.data)
+        entry = LogEntry(step.name, "succeeded", f"{step.action} succeeded")
+        return _advance(definition, config, done, after=state.cursor, log=(entry,))
+    failure = event.failure or Failure("INVALID_REQUEST", f"{step.action} failed")
+    entry = LogEntry(step.name, "failed", f"{failure.reason}: {failure.detail}")
+    if state.cursor > definition.pivot_index:
+        # Past the pivot there is no going back; the step's deadline re-sends it.
+        retry = LogEntry(step.name, "retry-scheduled", "forward-only step failed; will retry")
+        return Decision(state, (), (entry, retry))
+    return _compensate(definition, config, state, failure, log=(entry,))
+
+
+def _on_stray_reply(definition: SagaDefinition, state: SagaState, event: Replied) -> Decision:
+    step = definition.step_for_action(event.command)
+    late_success = (
+        event.ok
+        and step is not None
+        and step.compensation is not None
+        and step.name not in state.completed
+        and state.status in (SagaStatus.COMPENSATING, SagaStatus.FAILED)
+    )
+    if late_success and step is not None and step.compensation is not None:
+        entry = LogEntry(
+            step.name, "late-reply", f"{event.command} succeeded after the saga gave up; undoing it"
+        )
+        return Decision(state, (SendCommand(step.name, step.compensation, 1, True),), (entry,))
+    entry = LogEntry(
+        step.name if step else "-", "ignored", f"duplicate or late {event.command} reply ignored"
+    )
+    return Decision(state, (), (entry,))
+
+
+# ---- timeouts --------------------------------------------------------------
+
+
+def _on_deadline(
+    definition: SagaDefinition, config: MachineConfig, state: SagaState, event: DeadlinePassed
+) -> Decision:
+    if event.token != state.deadline_token or state.status.terminal or state.stuck:
+        return Decision(state)
+    if state.status is SagaStatus.COMPENSATING:
+        return _retry_compensation(definition, config, state)
+    step = definition.steps[state.cursor]
+    if step.on_timeout is OnTimeout.FAIL and state.cursor < definition.pivot_index:
+        seconds = config.timeouts.get(step.timeout, config.timeouts["step"])
+        failure = Failure(
+            step.timeout_reason or "INVALID_REQUEST",
+            f"{step.action} got no answer within {seconds:g} seconds.",
+        )
+        entry = LogEntry(step.name, "timeout", failure.detail)
+        # The timed-out step may still have happened: undo it too.
+        return _compensate(definition, config, state, failure, also=step.name, log=(entry,))
+    entry = LogEntry(step.name, "timeout", f"no answer to {step.action}; re-sending")
+    return _send_action(definition, config, replace(state, attempt=state.attempt + 1), (entry,))
+
+
+# ---- compensation ----------------------------------------------------------
+
+
+def _compensate(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState,
+    failure: Failure,
+    also: str | None = None,
+    log: tuple[LogEntry, ...] = (),
+) -> Decision:
+    names = state.completed + ((also,) if also else ())
+    undo = tuple(
+        name for name in reversed(names) if definition.steps[definition.index_of(name)].compensation
+    )
+    state = replace(state, failure=failure, to_compensate=undo)
+    if not undo:
+        return _fail(state, log)
+    state = replace(state, status=SagaStatus.COMPENSATING, cursor=0, attempt=1)
+    entry = LogEntry("-", "compensating", f"undoing {', '.join(undo)}")
+    return _send_compensation(definition, config, state, log + (entry,))
+
+
+def _send_compensation(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState,
+    log: tuple[LogEntry, ...],
+) -> Decision:
+    step = definition.steps[definition.index_of(state.to_compensate[state.cursor])]
+    assert step.compensation is not None
+    base = config.timeouts["step"]
+    effects: tuple[Effect, ...] = (
+        SendCommand(step.name, step.compensation, state.attempt, compensation=True),
+        ScheduleDeadline(
+            min(base * 2 ** (state.attempt - 1), max(base, config.retry_backoff_cap)),
+            state.deadline_token,
+        ),
+    )
+    entry = LogEntry(step.name, "command", f"{step.compensation} sent (attempt {state.attempt})")
+    return Decision(state, effects, log + (entry,))
+
+
+def _on_compensation_reply(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState,
+    step: Step,
+    event: Replied,
+) -> Decision:
+    if not event.ok:
+        detail = event.failure.detail if event.failure else "no detail"
+        entry = LogEntry(step.name, "failed", f"{step.compensation} failed: {detail}")
+        return Decision(
+            state,
+            (ScheduleDeadline(config.compensation_retry_delay, state.deadline_token),),
+            (entry,),
+        )
+    entry = LogEntry(step.name, "compensated", f"{step.compensation} succeeded")
+    if state.cursor + 1 >= len(state.to_compensate):
+        return _fail(replace(state, cursor=state.cursor + 1, attempt=0), (entry,))
+    nxt = replace(state, cursor=state.cursor + 1, attempt=1)
+    return _send_compensation(definition, config, nxt, (entry,))
+
+
+def _retry_compensation(
+    definition: SagaDefinition, config: MachineConfig, state: SagaState
+) -> Decision:
+    step = definition.steps[definition.index_of(state.to_compensate[state.cursor])]
+    assert step.compensation is not None
+    if state.attempt >= config.max_compensation_attempts:
+        detail = f"{step.compensation} did not succeed after {state.attempt} attempts"
+        stuck = replace(state, stuck=True)
+        return Decision(
+            stuck,
+            (ClearDeadline(), DeadLetter(step.name, step.compensation, detail)),
+            (LogEntry(step.name, "dead-letter", detail + "; sent to the dead-letter topic"),),
+        )
+    entry = LogEntry(step.name, "timeout", f"retrying {step.compensation}")
+    return _send_compensation(
+        definition, config, replace(state, attempt=state.attempt + 1), (entry,)
+    )
+
+
+def _fail(state: SagaState, log: tuple[LogEntry, ...]) -> Decision:
+    failed = replace(state, status=SagaStatus.FAILED)
+    reason = state.failure.reason if state.failure else "?"
+    return Decision(
+        failed,
+        (ClearDeadline(), PublishOutcome(succeeded=False)),
+        log + (LogEntry("-", "failed", f"checkout failed: {reason}"),),
+    )

@@ -1,0 +1,168 @@
+"""Saga instance state, the events that move it and the effects it asks for.
+
+Plain frozen dataclasses: no I/O, JSON-serialisable through ``to_json`` and
+``from_json`` so the coordinator can keep one row per saga.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Mapping
+
+
+class SagaStatus(StrEnum):
+    RUNNING = "RUNNING"
+    COMPENSATING = "COMPENSATING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (SagaStatus.SUCCEEDED, SagaStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    detail: str
+    skus: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SagaState:
+    session_id: str
+    definition_version: int
+    status: SagaStatus
+    # RUNNING: index of the step in flight. COMPENSATING: index into
+    # ``to_compensate`` of the compensation in flight.
+    cursor: int
+    attempt: int
+    completed: tuple[str, ...] = ()
+    to_compensate: tuple[str, ...] = ()
+    failure: Failure | None = None
+    context: Mapping[str, Any] = field(default_factory=dict)
+    stuck: bool = False
+
+    def with_context(self, extra: Mapping[str, Any]) -> SagaState:
+        return replace(self, context={**self.context, **extra})
+
+    @property
+    def deadline_token(self) -> str:
+        """Identifies the wait a deadline belongs to, so stale ones are ignored."""
+        return f"{self.status}:{self.cursor}:{self.attempt}"
+
+
+# ---- events fed into the machine -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    session_id: str
+    context: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Replied:
+    command: str
+    ok: bool
+    data: Mapping[str, Any] = field(default_factory=dict)
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
+class DeadlinePassed:
+    token: str
+
+
+SagaEvent = Started | Replied | DeadlinePassed
+
+
+# ---- effects asked of the coordinator --------------------------------------
+
+
+@dataclass(frozen=True)
+class SendCommand:
+    step: str
+    command: str
+    attempt: int
+    compensation: bool
+
+
+@dataclass(frozen=True)
+class ScheduleDeadline:
+    seconds: float
+    token: str
+
+
+@dataclass(frozen=True)
+class ClearDeadline:
+    pass
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    succeeded: bool
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    step: str
+    command: str
+    detail: str
+
+
+Effect = SendCommand | ScheduleDeadline | ClearDeadline | PublishOutcome | DeadLetter
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    step: str
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: SagaState
+    effects: tuple[Effect, ...] = ()
+    log: tuple[LogEntry, ...] = ()
+
+
+def to_json(state: SagaState) -> dict[str, Any]:
+    return {
+        "session_id": state.session_id,
+        "definition_version": state.definition_version,
+        "status": state.status.value,
+        "cursor": state.cursor,
+        "attempt": state.attempt,
+        "completed": list(state.completed),
+        "to_compensate": list(state.to_compensate),
+        "failure": None
+        if state.failure is None
+        else {
+            "reason": state.failure.reason,
+            "detail": state.failure.detail,
+            "skus": list(state.failure.skus),
+        },
+        "context": dict(state.context),
+        "stuck": state.stuck,
+    }
+
+
+def from_json(raw: Mapping[str, Any]) -> SagaState:
+    failure = raw.get("failure")
+    return SagaState(
+        session_id=raw["session_id"],
+        definition_version=int(raw["definition_version"]),
+        status=SagaStatus(raw["status"]),
+        cursor=int(raw["cursor"]),
+        attempt=int(raw["attempt"]),
+        completed=tuple(raw.get("completed", ())),
+        to_compensate=tuple(raw.get("to_compensate", ())),
+        failure=None
+        if not failure
+        else Failure(failure["reason"], failure["detail"], tuple(failure.get("skus") or ())),
+        context=dict(raw.get("context", {})),
+        stuck=bool(raw.get("stuck", False)),
+    )

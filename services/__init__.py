@@ -1,0 +1,1 @@
+"""The saga's participant services: inventory, payment and orders."""

@@ -1,0 +1,1 @@
+"""The orders service: the order record and its state machine."""

@@ -1,0 +1,1 @@
+"""The payment service: authorizations through a gateway, never twice."""

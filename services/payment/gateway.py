@@ -1,0 +1,210 @@
+"""The payment gateway port and the built-in simulator.
+
+The simulator behaves by token, as in the contract:
+
+    tok_chargeDeclined     declined
+    tok_insufficientFunds  declined, insufficient funds
+    tok_timeout            no answer now; it authorizes later (a late answer)
+    tok_flaky              two transient errors, then approved
+    any other tok_...      approved
+
+It keeps its own books (table ``payment.gateway``) outside the caller's
+transaction, as a real gateway would, and honours an idempotency key: the
+same key never authorizes twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import asyncpg
+
+from checkout_saga.errors import TransientError
+
+
+class GatewayUnavailable(TransientError):
+    """The gateway hiccuped; the same call with the same key may be retried."""
+
+
+@dataclass(frozen=True)
+class Approved:
+    authorization_id: str
+
+
+@dataclass(frozen=True)
+class Declined:
+    detail: str
+
+
+@dataclass(frozen=True)
+class Pending:
+    answer_at: datetime
+
+
+Authorization = Approved | Declined | Pending
+
+
+class PaymentGateway(Protocol):
+    async def authorize(self, key: str, amount: int, currency: str, token: str) -> Authorization:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO payment.gateway (idempotency_key, token, amount, currency, status) "
+                "VALUES ($1, $2, $3, $4, 'NEW') ON CONFLICT (idempotency_key) "
+                "DO UPDATE SET attempts = payment.gateway.attempts + 1 "
+                "RETURNING status, attempts",
+                key, token, amount, currency,
+            )
+            assert row is not None
+            status = row["status"]
+            if status == "NEW":
+                status = _first_answer(token, row["attempts"])
+                if status != "NEW":
+                    await conn.execute(
+                        "UPDATE payment.gateway SET status = $2, "
+                        "answer_at = now() + make_interval(secs => $3) WHERE idempotency_key = $1",
+                        key, status, self._late if status == "PENDING" else 0.0,
+                    )
+        # The attempt is on the gateway's books (committed) before the error.
+        if status == "NEW":
+            raise GatewayUnavailable(f"gateway hiccup authorizing {key}; try again")
+        return await self._answer(key)
+
+    async def _answer(self, key: str) -> Authorization:
+        row = await self._pool.fetchrow(
+            "SELECT token, status, answer_at FROM payment.gateway WHERE idempotency_key = $1", key
+        )
+        assert row is not None
+        status = row["status"]
+        if status == "DECLINED":
+            return Declined(_DECLINES.get(row["token"], "The card was declined."))
+        if status == "PENDING":
+            return Pending(row["answer_at"])
+        if status in ("VOIDED", "REFUNDED"):
+            return Declined("This authorization was already voided.")
+        return Approved(f"auth_{key[-24:]}")
+
+    async def void(self, key: str) -> None: ...
+    async def capture(self, key: str) -> None: ...
+    async def refund(self, key: str) -> None: ...
+    async def answered_late(self, limit: int) -> list[str]: ...
+
+
+GATEWAY_DDL = """
+CREATE TABLE IF NOT EXISTS payment.gateway (
+    idempotency_key text PRIMARY KEY,
+    token text NOT NULL,
+    amount bigint NOT NULL,
+    currency text NOT NULL,
+    status text NOT NULL,
+    attempts int NOT NULL DEFAULT 0,
+    answer_at timestamptz,
+    late_answer_seen boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS gateway_pending ON payment.gateway (answer_at)
+    WHERE status = 'PENDING';
+"""
+
+_DECLINES = {
+    "tok_chargeDeclined": "The card was declined.",
+    "tok_insufficientFunds": "The card was declined: insufficient funds.",
+}
+
+
+def _first_answer(token: str, attempts: int) -> str:
+    if token == "tok_flaky" and attempts < 2:
+        return "NEW"  # stays unanswered: a transient error this time
+    if token in _DECLINES:
+        return "DECLINED"
+    if token == "tok_timeout":
+        return "PENDING"
+    return "AUTHORIZED"
+
+
+class SimulatedGateway:
+    def __init__(self, pool: asyncpg.Pool, late_answer_after: float) -> None:
+        self._pool = pool
+        self._late = late_answer_after
+
+    async def authorize(self, key: str, amount: int, currency: str, token: str) -> Authorization:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO payment.gateway (idempotency_key, token, amount, currency, status) "
+                "VALUES ($1, $2, $3, $4, 'NEW') ON CONFLICT (idempotency_key) "
+                "DO UPDATE SET attempts = payment.gateway.attempts + 1 "
+                "RETURNING status, attempts, answer_at",
+                key, token, amount, currency,
+            )
+            assert row is not None
+            status = row["status"]
+            if status == "NEW":
+                status, answer_at = self._first_answer(token, row["attempts"])
+                await conn.execute(
+                    "UPDATE payment.gateway SET status = $2, "
+                    "answer_at = now() + make_interval(secs => $3) WHERE idempotency_key = $1",
+                    key, status, self._late if status == "PENDING" else 0.0,
+                )
+            if status == "RETRY":
+                raise GatewayUnavailable(f"gateway hiccup on {key}")
+        return await self._answer(key)
+
+    def _first_answer(self, token: str, attempts: int) -> tuple[str, None]:
+        if token == "tok_flaky" and attempts < 2:
+            return "RETRY_NEW", None
+        if token in _DECLINES:
+            return "DECLINED", None
+        if token == "tok_timeout":
+            return "PENDING", None
+        return "AUTHORIZED", None
+
+    async def _answer(self, key: str) -> Authorization:
+        row = await self._pool.fetchrow(
+            "SELECT token, status, answer_at FROM payment.gateway WHERE idempotency_key = $1", key
+        )
+        assert row is not None
+        status = row["status"]
+        if status == "RETRY_NEW":
+            await self._pool.execute(
+                "UPDATE payment.gateway SET status = 'NEW' WHERE idempotency_key = $1", key
+            )
+            raise GatewayUnavailable(f"gateway hiccup on {key} (transient, try again)")
+        if status == "DECLINED":
+            return Declined(_DECLINES.get(row["token"], "The card was declined."))
+        if status == "PENDING":
+            return Pending(row["answer_at"])
+        return Approved(f"auth_{key[-24:]}")
+
+    async def void(self, key: str) -> None:
+        await self._set(key, "VOIDED", ("AUTHORIZED", "PENDING"))
+
+    async def capture(self, key: str) -> None:
+        await self._set(key, "CAPTURED", ("AUTHORIZED",))
+
+    async def refund(self, key: str) -> None:
+        await self._set(key, "REFUNDED", ("CAPTURED",))
+
+    async def _set(self, key: str, status: str, from_: tuple[str, ...]) -> None:
+        await self._pool.execute(
+            "UPDATE payment.gateway SET status = $2 WHERE idempotency_key = $1 "
+            "AND status = ANY($3::text[])",
+            key, status, list(from_),
+        )
+
+    async def answered_late(self, limit: int) -> list[str]:
+        """Authorizations that were pending and whose late answer is now due."""
+        rows = await self._pool.fetch(
+            """
+            WITH due AS (
+                SELECT idempotency_key FROM payment.gateway
+                WHERE status = 'PENDING' AND answer_at <= now()
+                ORDER BY answer_at LIMIT $1 FOR UPDATE SKIP LOCKED
+            )
+            UPDATE payment.gateway g SET status = 'AUTHORIZED'
+            FROM due WHERE g.idempotency_key = due.idempotency_key
+            RETURNING g.idempotency_key
+            """,
+            limit,
+        )
+        return [r["idempotency_key"] for r in rows]

@@ -1,0 +1,61 @@
+"""The timer that books the gateway's late answers (``tok_timeout``).
+
+When the gateway finally authorizes, the payment is recorded and the reply
+sent; if the saga already gave up, the authorization is voided on the spot
+and the coordinator, seeing a late success, voids it again (harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from checkout_saga.errors import is_transient
+from checkout_saga.outbox import OutboxRelay, enqueue
+from checkout_saga.service import reply_message
+from services.payment.gateway import PaymentGateway, Pending
+from services.payment.handlers import record_answer
+
+log = logging.getLogger(__name__)
+SOURCE = "urn:checkout-saga:payment"
+
+
+async def book_late_answers(pool: asyncpg.Pool, gateway: PaymentGateway, relay: OutboxRelay) -> int:
+    """Ask the gateway again (same idempotency key) about every unanswered payment."""
+    await gateway.answered_late(500)
+    booked = 0
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT checkout_session_id, idempotency_key, amount, currency FROM payment.payments "
+            "WHERE status = 'PENDING' AND updated_at < now() - interval '200 milliseconds' "
+            "ORDER BY updated_at LIMIT 200 FOR UPDATE SKIP LOCKED"
+        )
+        for row in rows:
+            answer = await gateway.authorize(
+                row["idempotency_key"], row["amount"], row["currency"], ""
+            )
+            if isinstance(answer, Pending):
+                continue
+            reply = await record_answer(conn, row["checkout_session_id"], answer, gateway)
+            if reply is not None:
+                await enqueue(conn, "payment", [reply_message(SOURCE, reply)])
+                booked += 1
+    if booked:
+        relay.wake()
+    return booked
+
+
+async def run(pool: asyncpg.Pool, gateway: PaymentGateway, relay: OutboxRelay,
+              stop: asyncio.Event, interval: float) -> None:
+    while not stop.is_set():
+        try:
+            await book_late_answers(pool, gateway, relay)
+        except Exception as exc:  # noqa: BLE001 - a timer must outlive outages
+            log.log(logging.WARNING if is_transient(exc) else logging.ERROR,
+                    "late-answer timer: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except asyncio.TimeoutError:
+            pass
