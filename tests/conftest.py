@@ -1,0 +1,131 @@
+"""Session fixtures: one real stack (embedded servers, or the URLs in the
+environment) and one `checkout-saga up` worker process for the e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from checkout_saga.stack import EmbeddedStack, endpoints_from_env
+from helpers import Bus, checkout_event, cli, uid
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    servers: EmbeddedStack
+    workdir: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return self.env["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("stack")
+    kafka, database, redis = endpoints_from_env(os.environ)
+    servers = EmbeddedStack(workdir / "servers")
+    found = servers.start(kafka=kafka, database=database, redis=redis)
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=found.kafka_bootstrap,
+        DATABASE_URL=found.database_url,
+        REDIS_URL=found.redis_url,
+        CHECKOUT_DATA_DIR=str(workdir / "data"),
+        CHECKOUT_PAYMENT_TIMEOUT_SECONDS="2",
+        CHECKOUT_GATEWAY_LATE_ANSWER_SECONDS="1",
+        CHECKOUT_STEP_TIMEOUT_SECONDS="5",
+        CHECKOUT_LOG_LEVEL="INFO",
+    )
+    if "kafka" in servers.started:  # tansu: short sessions keep group joins fast
+        env.update(CHECKOUT_KAFKA_SESSION_TIMEOUT_MS="1000", CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS="300")
+    try:
+        yield Stack(env, servers, workdir)
+    finally:
+        servers.stop()
+
+
+@dataclass
+class Workers:
+    stack: Stack
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, *roles: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        env = dict(self.stack.env)
+        env.update(extra_env)
+        args = [str(Path(sys.executable).with_name("checkout-saga")), "up"]
+        for role in roles:
+            args += ["--role", role]
+        log = open(self.stack.workdir / f"worker-{len(self.procs)}.log", "ab")
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+
+
+def wait_ready(stack: Stack, timeout: float = 90.0) -> None:
+    """A full checkout round trip: every consumer group has joined and works."""
+    sku = uid("WARM")
+    cli(stack.env, "stock", "set", sku, "--price", "100", "--quantity", "10")
+    bus = Bus(stack.bootstrap)
+    try:
+        sid = uid("warm")
+        bus.send("checkout.requested", sid, checkout_event(sid, [(sku, 1, 100)]))
+        bus.flush()
+        result = bus.result(sid, timeout)
+        assert result["type"] == "CheckoutSucceeded", result
+    finally:
+        bus.close()
+
+
+@pytest.fixture(scope="session")
+def workers(stack: Stack) -> Iterator[Workers]:
+    group = Workers(stack)
+    group.start()
+    try:
+        wait_ready(stack)
+        yield group
+    finally:
+        group.stop_all()
+
+
+@pytest.fixture
+def bus(stack: Stack) -> Iterator[Bus]:
+    b = Bus(stack.bootstrap)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def env(stack: Stack) -> dict[str, str]:
+    return stack.env
+
+
+def poll_until(check, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(interval)
