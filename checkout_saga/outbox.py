@@ -23,13 +23,30 @@ from checkout_saga.kafka import AsyncProducer, OutgoingMessage
 log = logging.getLogger(__name__)
 
 
+def insert_sql(schema: str, first_param: int = 1) -> str:
+    """One INSERT for a whole list of messages (four array parameters)."""
+    a, b, c, d = (f"${first_param + i}" for i in range(4))
+    return (
+        f"INSERT INTO {schema}.outbox (topic, key, value, headers) "
+        f"SELECT t, k, v, h::jsonb FROM unnest({a}::text[], {b}::text[], {c}::bytea[], {d}::text[]) "
+        "AS m(t, k, v, h)"
+    )
+
+
+def insert_args(messages: Iterable[OutgoingMessage]) -> list[list[object]]:
+    msgs = list(messages)
+    return [
+        [m.topic for m in msgs],
+        [m.key for m in msgs],
+        [m.value for m in msgs],
+        [json.dumps(dict(m.headers)) for m in msgs],
+    ]
+
+
 async def enqueue(conn: asyncpg.Connection, schema: str, messages: Iterable[OutgoingMessage]) -> None:
-    rows = [(m.topic, m.key, m.value, json.dumps(dict(m.headers))) for m in messages]
-    if rows:
-        await conn.executemany(
-            f"INSERT INTO {schema}.outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
-            rows,
-        )
+    args = insert_args(messages)
+    if args[0]:
+        await conn.execute(insert_sql(schema), *args)
 
 
 class OutboxRelay:
@@ -75,20 +92,19 @@ class OutboxRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
                 return 0
+            # Deleted and published in one transaction: if the publish fails,
+            # the rollback puts the rows back for the next pass.
             rows = await conn.fetch(
-                f"SELECT id, topic, key, value, headers FROM {self._schema}.outbox "
-                "ORDER BY id LIMIT $1",
+                f"DELETE FROM {self._schema}.outbox WHERE id IN (SELECT id FROM {self._schema}.outbox "
+                "ORDER BY id LIMIT $1) RETURNING id, topic, key, value, headers",
                 self._batch,
             )
             if not rows:
                 return 0
+            rows = sorted(rows, key=lambda r: r["id"])
             await self._producer.send(
                 OutgoingMessage(r["topic"], r["key"], bytes(r["value"]), json.loads(r["headers"]))
                 for r in rows
-            )
-            await conn.execute(
-                f"DELETE FROM {self._schema}.outbox WHERE id = ANY($1::bigint[])",
-                [r["id"] for r in rows],
             )
             self.published += len(rows)
             return len(rows)

@@ -14,6 +14,7 @@ handled. The failure policy is explicit and wraps the handler:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import traceback
@@ -72,6 +73,7 @@ class ConsumerLoop:
         # librdkafka calls must not overlap: one thread owns the consumer.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{name}")
         self._consumer: Consumer | None = None
+        self._last_commit: list[TopicPartition] = []
         self.handled = 0
         self.dead_lettered = 0
 
@@ -83,13 +85,26 @@ class ConsumerLoop:
         await self._call(self._consumer.subscribe, self._topics)
         try:
             while not stop.is_set():
-                msgs: list[Message] = await self._call(self._consumer.consume, self._batch, 0.05)
+                msgs: list[Message] = await self._call(self._fetch)
                 good = [m for m in msgs if not self._is_error(m)]
                 if good:
                     await self._handle_batch(good, stop)
         finally:
+            if self._last_commit:  # make the last asynchronous commit certain
+                last = self._last_commit
+                with contextlib.suppress(Exception):
+                    await self._call(lambda: self._consumer.commit(offsets=last, asynchronous=False))  # type: ignore[union-attr]
             await self._call(self._consumer.close)
             self._thread.shutdown(wait=False)
+
+    def _fetch(self) -> list[Message]:
+        # consume(n, timeout) waits out the whole timeout unless n messages
+        # arrive; poll() returns on the first one, then take what is queued.
+        assert self._consumer is not None
+        first = self._consumer.poll(0.1)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(self._batch - 1, 0)]
 
     def _is_error(self, msg: Message) -> bool:
         err = msg.error()
@@ -111,8 +126,11 @@ class ConsumerLoop:
             tp = (msg.topic(), msg.partition())
             offsets[tp] = max(offsets.get(tp, -1), msg.offset() + 1)
         commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        self._last_commit = commit
         try:
-            await self._call(lambda: self._consumer.commit(offsets=commit, asynchronous=False))  # type: ignore[union-attr]
+            # Asynchronous: a lost commit only means a redelivery, which the
+            # inbox absorbs; waiting for it would stall the partition.
+            await self._call(lambda: self._consumer.commit(offsets=commit, asynchronous=True))  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - a failed commit only means a redelivery
             log.warning("%s: commit failed (messages will be redelivered): %s", self.name, exc)
 

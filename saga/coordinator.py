@@ -20,7 +20,7 @@ from confluent_kafka import Message
 from checkout_saga.errors import PermanentError, TransientError
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message
-from checkout_saga.outbox import OutboxRelay, enqueue
+from checkout_saga.outbox import OutboxRelay, enqueue, insert_args, insert_sql
 from checkout_saga.topics import COMMAND_TOPICS
 from checkout_saga.worker import dead_letter
 from saga.commands import build_command
@@ -135,7 +135,8 @@ class Coordinator:
         event = Replied(reply.command, reply.ok, reply.data, failure)
         await self.feed(reply.checkout_session_id, event)
 
-    async def feed(self, session_id: str, event: SagaEvent) -> None:
+    async def feed(self, session_id: str, event: SagaEvent) -> Decision:
+        """Decide on one event and carry the decision out; returns it (operators read it)."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT state, version FROM saga.instances WHERE checkout_session_id = $1",
@@ -148,6 +149,7 @@ class Coordinator:
             decision = decide(definition, self._config.machine, state, event)
             await self._apply(conn, definition, decision, version=row["version"], previous=state)
         self._relay.wake()
+        return decision
 
     async def fire_due_deadlines(self, limit: int = 100) -> int:
         """Feed a timeout into every saga whose deadline has passed."""
@@ -197,21 +199,35 @@ class Coordinator:
         finished = state.status.terminal and (previous is None or not previous.status.terminal)
         sets = ["state = $3::jsonb", "status = $4", "version = version + 1", "updated_at = now()"]
         args: list[object] = [state.session_id, version, json.dumps(to_json(state)), state.status.value]
+        entries = [(e.step, e.kind, e.detail) for e in decision.log]
+        args += [[e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]]
+        args += insert_args(out)
         if deadline is not None:
-            sets += ["deadline_at = $5", "deadline_token = $6"]
+            sets += ["deadline_at = $12", "deadline_token = $13"]
             args += [deadline[0], deadline[1]]
         if finished:
             sets.append(f"finished_at = ${len(args) + 1}")
             args.append(now)
-        status = await conn.execute(
-            f"UPDATE saga.instances SET {', '.join(sets)} "
-            "WHERE checkout_session_id = $1 AND version = $2",
+        # One round trip: the guarded update, its log entries and its outbox
+        # rows; the inserts only happen when the version check passed.
+        updated = await conn.fetchval(
+            f"""
+            WITH moved AS (
+                UPDATE saga.instances SET {', '.join(sets)}
+                WHERE checkout_session_id = $1 AND version = $2 RETURNING 1
+            ), logged AS (
+                INSERT INTO saga.step_log (checkout_session_id, step, kind, detail)
+                SELECT $1, s, k, d FROM unnest($5::text[], $6::text[], $7::text[]) AS l(s, k, d)
+                WHERE EXISTS (SELECT 1 FROM moved)
+            ), sent AS (
+                {insert_sql(SCHEMA, 8)} WHERE EXISTS (SELECT 1 FROM moved)
+            )
+            SELECT count(*) FROM moved
+            """,
             *args,
         )
-        if status != "UPDATE 1":
+        if updated != 1:
             raise SagaMovedOn(state.session_id)
-        await self._log(conn, state.session_id, [(e.step, e.kind, e.detail) for e in decision.log])
-        await enqueue(conn, SCHEMA, out)
 
     def _command(self, definition: SagaDefinition, state: SagaState, effect: SendCommand) -> OutgoingMessage:
         step = definition.steps[definition.index_of(effect.step)]

@@ -1,0 +1,122 @@
+"""``checkout-saga bench``: the end-to-end benchmark (and its subcommands)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import sys
+import uuid
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from checkout_saga import bench, endpoints
+from checkout_saga.settings import Settings
+from checkout_saga.stack import EmbeddedStack
+
+app = typer.Typer(help="Benchmarks.", invoke_without_command=True)
+console = Console()
+
+
+@app.callback()
+def end_to_end(
+    ctx: typer.Context,
+    duration: float = typer.Option(10.0, "--duration", min=0.5, help="Seconds of load per run."),
+    rate: Optional[float] = typer.Option(None, "--rate", min=1, help="Checkouts/s (default: as fast as possible)."),
+    workers: str = typer.Option("1", "--workers", help="Worker process counts to compare, e.g. 1,2,4."),
+    window: int = typer.Option(1000, "--window", min=1, help="Max checkouts in flight when unthrottled."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Drive a checkout mix end to end and compare it with a raw baseline."""
+    if ctx.invoked_subcommand is not None:
+        return
+    counts = [int(x) for x in workers.split(",") if x.strip()]
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("--workers takes positive integers, e.g. 1,2,4")
+    settings = endpoints.resolve(Settings())
+    stack = EmbeddedStack(settings.checkout_data_dir / "bench-stack")
+    try:
+        found = stack.start(kafka=settings.kafka_bootstrap_servers, database=settings.database_url,
+                            redis=settings.redis_url)
+        settings = endpoints.with_embedded(settings, found, stack.started)
+        report = run(settings, counts, duration, rate, window, as_json)
+    finally:
+        stack.stop()
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        render(report)
+    if not all(r["guarantees"]["ok"] for r in report["runs"]):
+        raise typer.Exit(1)
+
+
+def run(settings: Settings, counts: list[int], duration: float, rate: float | None,
+        window: int, quiet: bool) -> dict[str, Any]:
+    asyncio.run(bench.prepare_all(settings))
+    pg_equiv = asyncio.run(bench.baseline_postgres(settings))
+    kafka_rt = bench.baseline_kafka(settings)
+    runs = []
+    for count in counts:
+        procs = bench.start_workers(settings, count, settings.checkout_data_dir / "bench-logs")
+        try:
+            run_id = uuid.uuid4().hex[:6]
+            bench.warm(settings, run_id)
+            asyncio.run(bench.seed(settings, run_id))
+            result = bench.Run(run_id=run_id)
+            with Progress(TextColumn(f"{count} worker process(es)"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, disable=quiet) as bar:
+                task = bar.add_task("bench", total=None)
+                elapsed = bench.drive(settings, result, duration, rate, window,
+                                      lambda n: bar.update(task, completed=n))
+            steps = asyncio.run(bench.step_latencies(settings, run_id))
+            guarantees = asyncio.run(bench.check_guarantees(settings, result))
+        finally:
+            bench.stop_workers(procs)
+        throughput = result.done / elapsed if elapsed else 0.0
+        lat = bench.percentiles(result.latency_ms)
+        runs.append({
+            "workers": count, "checkouts": len(result.sent), "completed": result.done,
+            "seconds": round(elapsed, 2), "throughput_per_s": round(throughput, 1),
+            "latency_ms": {k: round(v, 1) for k, v in lat.items()},
+            "steps_ms": {s: {k: round(v, 1) for k, v in p.items()} for s, p in steps.items()},
+            "outcomes": result.outcomes, "guarantees": guarantees,
+            "vs_baseline": {
+                "throughput_ratio": round(throughput / pg_equiv, 3) if pg_equiv else None,
+                "p50_ratio": round(lat["p50"] / kafka_rt["p50"], 1) if kafka_rt["p50"] else None,
+                "p99_ratio": round(lat["p99"] / kafka_rt["p99"], 1) if kafka_rt["p99"] else None,
+            },
+        })
+    return {
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "rate": rate, "duration_s": duration,
+        "baseline": {"postgres_checkout_equivalents_per_s": round(pg_equiv, 1),
+                     "kafka_round_trip_ms": {k: round(v, 2) for k, v in kafka_rt.items()}},
+        "runs": runs,
+    }
+
+
+def render(report: dict[str, Any]) -> None:
+    base = report["baseline"]
+    console.print(f"baseline: bare PostgreSQL transactions = {base['postgres_checkout_equivalents_per_s']} "
+                  f"checkout-equivalents/s; bare Kafka round trip p50 {base['kafka_round_trip_ms']['p50']} ms, "
+                  f"p99 {base['kafka_round_trip_ms']['p99']} ms")
+    table = Table("workers", "checkouts", "per s", "x baseline", "p50 ms", "p95 ms", "p99 ms",
+                  "max ms", "p99 / kafka RT", "guarantees", title="checkout-saga bench")
+    for r in report["runs"]:
+        lat, ratio = r["latency_ms"], r["vs_baseline"]
+        table.add_row(str(r["workers"]), str(r["completed"]), str(r["throughput_per_s"]),
+                      str(ratio["throughput_ratio"]), str(lat["p50"]), str(lat["p95"]),
+                      str(lat["p99"]), str(lat["max"]), str(ratio["p99_ratio"]),
+                      "[green]ok[/green]" if r["guarantees"]["ok"] else f"[red]{r['guarantees']}[/red]")
+    console.print(table)
+    for r in report["runs"]:
+        steps = Table("step", "p50 ms", "p95 ms", "p99 ms", title=f"per step, {r['workers']} worker(s)")
+        for step, p in r["steps_ms"].items():
+            steps.add_row(step, str(p["p50"]), str(p["p95"]), str(p["p99"]))
+        console.print(steps)
+        console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items())))
