@@ -7,18 +7,13 @@ and the coordinator, seeing a late success, voids it again (harmless).
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 import asyncpg
 
-from checkout_saga.errors import is_transient
 from checkout_saga.outbox import OutboxRelay, enqueue
 from checkout_saga.service import reply_message
 from services.payment.gateway import PaymentGateway, Pending
 from services.payment.handlers import record_answer
 
-log = logging.getLogger(__name__)
 SOURCE = "urn:checkout-saga:payment"
 
 
@@ -45,17 +40,3 @@ async def book_late_answers(pool: asyncpg.Pool, gateway: PaymentGateway, relay: 
     if booked:
         relay.wake()
     return booked
-
-
-async def run(pool: asyncpg.Pool, gateway: PaymentGateway, relay: OutboxRelay,
-              stop: asyncio.Event, interval: float) -> None:
-    while not stop.is_set():
-        try:
-            await book_late_answers(pool, gateway, relay)
-        except Exception as exc:  # noqa: BLE001 - a timer must outlive outages
-            log.log(logging.WARNING if is_transient(exc) else logging.ERROR,
-                    "late-answer timer: %s", exc)
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except asyncio.TimeoutError:
-            pass
