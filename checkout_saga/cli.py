@@ -11,18 +11,25 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
+import redis.asyncio
 import typer
 import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from checkout_saga import endpoints
+from checkout_saga import cli_promo, endpoints
+from checkout_saga.cli_topics import topics_app
+from checkout_saga import cli_bench
+from checkout_saga import cli_ops
+from checkout_saga import cli_observe, logs, tracing
 from checkout_saga.db import create_pool, migrate
 from checkout_saga.runtime import DDL, ROLES, Runtime
 from checkout_saga.settings import Settings
 from checkout_saga.stack import EmbeddedStack
 from saga import queries as saga_queries
+from services.inventory import admin as inventory_admin
 from services.inventory import store as inventory_store
+from services.inventory.gate import RedisStockGate
 from services.orders import store as orders_store
 
 app = typer.Typer(help="Checkout saga orchestrator: operator commands.", no_args_is_help=True)
@@ -32,6 +39,11 @@ order_app = typer.Typer(help="Inspect orders.", no_args_is_help=True)
 app.add_typer(stock_app, name="stock")
 app.add_typer(saga_app, name="saga")
 app.add_typer(order_app, name="order")
+app.add_typer(cli_promo.app, name="promo")
+app.add_typer(topics_app, name="topics")
+app.add_typer(cli_bench.app, name="bench")
+cli_ops.register(app, saga_app)  # verify, replay, dlq, supervise, chaos; saga list/retry/...
+cli_observe.register(app, saga_app)  # analytics; saga graph
 
 console = Console()
 err = Console(stderr=True)
@@ -79,14 +91,19 @@ def print_json(value: Any) -> None:
 @app.command()
 def up(
     role: list[str] = typer.Option(list(ROLES), "--role", help="Roles to run (repeatable)."),
+    supervise: int = typer.Option(0, "--supervise", min=0,
+                                  help="Run N processes of each role and restart any that dies."),
 ) -> None:
     """Start the workers (and embedded servers where no URL is set); serve until stopped."""
     unknown = sorted(set(role) - set(ROLES))
     if unknown:
         err.print(f"[red]Unknown role(s) {', '.join(unknown)}; choose from {', '.join(ROLES)}.[/red]")
         raise typer.Exit(2)
+    if supervise:
+        cli_ops.run_supervised(supervise, role)
+        return
     settings = Settings()
-    setup_logging(settings)
+    logs.setup(settings.checkout_log_level, settings.checkout_log_format)  # JSON lines by default
     stack = EmbeddedStack(settings.checkout_data_dir / "stack")
     try:
         settings = start_stack(settings, stack)
@@ -114,7 +131,12 @@ async def serve(settings: Settings, roles: tuple[str, ...]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await Runtime(settings, roles).run(stop)
+    service = f"checkout-saga-{roles[0]}" if len(roles) == 1 else "checkout-saga"
+    tracing.configure(settings.checkout_otel_exporter, service, sample_ratio=settings.checkout_otel_sample_ratio)
+    try:
+        await Runtime(settings, roles).run(stop)
+    finally:
+        tracing.shutdown()  # flush the spans still batched
 
 
 # ---- stock -------------------------------------------------------------------
@@ -130,11 +152,13 @@ def stock_set(
     """Set a SKU's price and add QUANTITY units to its stock."""
     settings = settings_for_command()
 
-    async def go(conn: Any) -> Any:
+    async def go(conn: Any, gate: Any) -> Any:
         await inventory_store.set_stock(conn, sku, price, quantity)
-        return await inventory_store.show(conn, sku)
+        if (await inventory_store.show(conn, sku) or {}).get("hot"):
+            await inventory_admin.added(gate, sku, quantity)
+        return await inventory_admin.show(conn, gate, sku)
 
-    show_stock(run(with_pool(settings, "inventory", go)), as_json)
+    show_stock(run(with_stock_gate(settings, go)), as_json)
 
 
 @stock_app.command("import")
@@ -167,11 +191,43 @@ def stock_import(path: Path, as_json: bool = JSON_OPT) -> None:
 def stock_show(sku: str, as_json: bool = JSON_OPT) -> None:
     """Show a SKU's price and stock: available, held, sold."""
     settings = settings_for_command()
-    row = run(with_pool(settings, "inventory", lambda conn: inventory_store.show(conn, sku)))
+    row = run(with_stock_gate(settings, lambda conn, gate: inventory_admin.show(conn, gate, sku)))
     if row is None:
         err.print(f"[red]Unknown SKU {sku}.[/red]")
         raise typer.Exit(1)
     show_stock(row, as_json)
+
+
+@stock_app.command("hot")
+def stock_hot(
+    sku: str,
+    on: bool = typer.Option(..., "--on/--off", help="Gate the SKU in Redis (--on) or not (--off)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Mark a SKU hot (reservations pass an atomic Redis counter before PostgreSQL) or not."""
+    settings = settings_for_command()
+
+    async def go(conn: Any, gate: Any) -> Any:
+        if not await inventory_admin.mark_hot(conn, gate, sku, on):
+            return None
+        return await inventory_admin.show(conn, gate, sku)
+
+    row = run(with_stock_gate(settings, go))
+    if row is None:
+        err.print(f"[red]Unknown SKU {sku}.[/red]")
+        raise typer.Exit(1)
+    show_stock(row, as_json)
+
+
+async def with_stock_gate(settings: Settings, fn: Callable[[Any, Any], Awaitable[T]]) -> T:
+    """Run ``fn(conn, gate)``; the gate is None when no Redis is configured."""
+    client = redis.asyncio.from_url(settings.redis_url) if settings.redis_url else None
+    try:
+        gate = RedisStockGate(client) if client is not None else None
+        return await with_pool(settings, "inventory", lambda conn: fn(conn, gate))
+    finally:
+        if client is not None:
+            await client.aclose()
 
 
 def show_stock(row: Any, as_json: bool) -> None:
@@ -199,14 +255,11 @@ def saga_show(session_id: str, as_json: bool = JSON_OPT) -> None:
     if as_json:
         print_json(found)
         return
-    console.print(f"[bold]{session_id}[/bold]  status [bold]{found['status']}[/bold]"
-                  f"  definition v{found['definition_version']}")
+    console.print(cli_observe.saga_heading(found))
     if found.get("failure"):
-        console.print(f"failure: {found['failure']['reason']}: {found['failure']['detail']}")
-    table = Table("at", "step", "event", "detail")
-    for step in found["steps"]:
-        table.add_row(step["at"], step["step"], step["kind"], step["detail"])
-    console.print(table)
+        console.print(f"[red]failure: {found['failure']['reason']}[/red]: {found['failure']['detail']}")
+    console.print(f"started {found['created_at']}")
+    console.print(cli_observe.timeline_table(found["steps"]))
 
 
 @order_app.command("show")
@@ -223,6 +276,7 @@ def order_show(order_id: str, as_json: bool = JSON_OPT) -> None:
         if out["shipping_address"]:
             out["shipping_address"] = json.loads(out["shipping_address"])
         out["history"] = await orders_store.history(conn, order_id)
+        out["settlement"] = await orders_store.settlement(conn, order_id)  # cancel/return
         return out
 
     found = run(with_pool(settings, "orders", go))
@@ -233,10 +287,16 @@ def order_show(order_id: str, as_json: bool = JSON_OPT) -> None:
         print_json(found)
         return
     console.print(f"[bold]{order_id}[/bold]  {found['status']}  total {found['total']} {found['currency']}")
-    table = Table("at", "from", "to", "reason")
+    table = Table("at", "from", "to", "kind", "reason")
     for h in found["history"]:
-        table.add_row(h["at"], h["from"] or "", h["to"], h["reason"] or "")
+        table.add_row(h["at"], h["from"] or "", h["to"], h["kind"], h["reason"] or "")
     console.print(table)
+    if found["settlement"]:
+        st = found["settlement"]
+        console.print(f"{st['kind'].lower()} settlement {st['state']}: payment "
+                      f"{st['payment_status'] or 'pending'}, stock "
+                      f"{'back' if st['restocked'] is not None else 'pending'}"
+                      + (f", last error: {st['last_error']}" if st["last_error"] else ""))
 
 
 @app.command()

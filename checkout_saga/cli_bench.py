@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from checkout_saga import bench, endpoints
+from checkout_saga import bench, bench_inventory, endpoints
 from checkout_saga.settings import Settings
 from checkout_saga.stack import EmbeddedStack
 
@@ -120,3 +120,7 @@ def render(report: dict[str, Any]) -> None:
             steps.add_row(step, str(p["p50"]), str(p["p95"]), str(p["p99"]))
         console.print(steps)
         console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items())))
+
+
+# `checkout-saga bench inventory`: reservations per second, four ways (bench_inventory.py).
+app.command("inventory")(bench_inventory.inventory)

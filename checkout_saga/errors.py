@@ -42,6 +42,11 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.LockNotAvailableError,
+    # Raised when a connection is lost mid-operation (a PostgreSQL restart):
+    # "cannot switch to state N; another operation is in progress". The pool
+    # replaces the connection, so the retry works; dead-lettering would lose
+    # a good message (seen in the chaos run).
+    asyncpg.exceptions.InternalClientError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,

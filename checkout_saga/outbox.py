@@ -17,6 +17,7 @@ from typing import Iterable
 
 import asyncpg
 
+from checkout_saga import metrics, tracing
 from checkout_saga.errors import is_transient
 from checkout_saga.kafka import AsyncProducer, OutgoingMessage
 
@@ -35,11 +36,13 @@ def insert_sql(schema: str, first_param: int = 1) -> str:
 
 def insert_args(messages: Iterable[OutgoingMessage]) -> list[list[object]]:
     msgs = list(messages)
+    metrics.count_dead_letters(msgs)
     return [
         [m.topic for m in msgs],
         [m.key for m in msgs],
         [m.value for m in msgs],
-        [json.dumps(dict(m.headers)) for m in msgs],
+        # The span in hand travels with every message (W3C traceparent header).
+        [json.dumps(tracing.inject(m.headers)) for m in msgs],
     ]
 
 
@@ -96,10 +99,12 @@ class OutboxRelay:
             # the rollback puts the rows back for the next pass.
             rows = await conn.fetch(
                 f"DELETE FROM {self._schema}.outbox WHERE id IN (SELECT id FROM {self._schema}.outbox "
-                "ORDER BY id LIMIT $1) RETURNING id, topic, key, value, headers",
+                "ORDER BY id LIMIT $1) RETURNING id, topic, key, value, headers, "
+                "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age",
                 self._batch,
             )
             if not rows:
+                metrics.observe_outbox(self._schema, ())
                 return 0
             rows = sorted(rows, key=lambda r: r["id"])
             await self._producer.send(
@@ -107,4 +112,5 @@ class OutboxRelay:
                 for r in rows
             )
             self.published += len(rows)
+            metrics.observe_outbox(self._schema, [r["age"] for r in rows])
             return len(rows)

@@ -13,46 +13,58 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Mapping
 
 import asyncpg
+import redis.asyncio
+from confluent_kafka import Message
 
+from checkout_saga import metrics
 from checkout_saga.db import create_pool, migrate
-from checkout_saga.errors import is_transient
-from checkout_saga.kafka import AsyncProducer, consumer_config, ensure_topics, producer_config
+from checkout_saga.errors import PermanentError, is_transient
+from checkout_saga.kafka import AsyncProducer, consumer_config, producer_config
 from checkout_saga.outbox import OutboxRelay
 from checkout_saga.service import CommandService
 from checkout_saga.settings import Settings
+from checkout_saga.topic_admin import create_topics, plan_topics
 from checkout_saga.topics import (
     CHECKOUT_REQUESTED,
     COMMAND_TOPICS,
     SAGA_REPLIES,
-    all_topics,
 )
 from checkout_saga.worker import ConsumerLoop
 from saga import schema as saga_schema
 from saga.coordinator import Coordinator, CoordinatorConfig
 from saga.machine import MachineConfig
 from services.inventory import schema as inventory_schema
-from services.inventory import store as inventory_store
-from services.inventory.handlers import ROUTES as INVENTORY_ROUTES
+from services.inventory import timers as inventory_timers
+from services.inventory.gate import RedisStockGate
+from services.inventory.handlers import InventoryHandlers
+from services.inventory.hot import HotConfig
 from services.orders import schema as orders_schema
+from services.orders import settlement
+from services.orders.external import OrderEvents
 from services.orders.handlers import ROUTES as ORDERS_ROUTES
 from services.payment import late_answers
 from services.payment import schema as payment_schema
 from services.payment.gateway import SimulatedGateway
 from services.payment.handlers import PaymentHandlers
+from services.promotions import schema as promotions_schema
+from services.promotions.handlers import PromotionHandlers
+from services.promotions.redis_gate import RedisUsageGate
 
 log = logging.getLogger(__name__)
 
-ROLES = ("coordinator", "inventory", "payment", "orders", "timers")
+ROLES = ("coordinator", "inventory", "payment", "orders", "promotions", "timers")
 DDL = {
     "saga": saga_schema.DDL,
     "inventory": inventory_schema.DDL,
     "payment": payment_schema.DDL,
     "orders": orders_schema.DDL,
+    "promotions": promotions_schema.DDL,
 }
 Task = Callable[[asyncio.Event], Awaitable[None]]
+Handler = Callable[[Message], Awaitable[None]]
 
 
 def machine_config(settings: Settings) -> MachineConfig:
@@ -67,7 +79,11 @@ def machine_config(settings: Settings) -> MachineConfig:
 
 async def prepare(settings: Settings) -> None:
     """Create every topic and every schema (idempotent; safe to run concurrently)."""
-    await asyncio.to_thread(ensure_topics, settings, all_topics())
+    # The plan of `checkout-saga topics create`: a worker that starts before the
+    # topics job still creates them with the same partitions and retention.
+    report = await asyncio.to_thread(create_topics, settings.kafka, plan_topics(settings))
+    if report.created:
+        log.info("created topics %s", ", ".join(report.created))
     for schema, ddl in DDL.items():
         pool = await create_pool(settings.dsn_for(schema), 2)
         try:
@@ -84,6 +100,7 @@ class Runtime:
     relays: dict[str, OutboxRelay] = field(default_factory=dict)
     consumers: list[ConsumerLoop] = field(default_factory=list)
     producer: AsyncProducer | None = None
+    redis_client: redis.asyncio.Redis | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def pool(self, schema: str, key: str | None = None) -> asyncpg.Pool:
@@ -94,6 +111,22 @@ class Runtime:
             )
         return self.pools[key]
 
+    def usage_gate(self) -> RedisUsageGate:
+        """The promo usage gate; its Redis client is built here, never at import."""
+        if self.redis_client is None:
+            if not self.settings.redis_url:
+                raise RuntimeError("no Redis URL for promotions: set REDIS_URL")
+            self.redis_client = redis.asyncio.from_url(self.settings.redis_url)
+        return RedisUsageGate(self.redis_client)
+
+    def stock_gate(self) -> RedisStockGate:
+        """The hot-SKU gate; it shares the process's one Redis client."""
+        if self.redis_client is None:
+            if not self.settings.redis_url:
+                raise RuntimeError("no Redis URL for the hot-SKU gate: set REDIS_URL")
+            self.redis_client = redis.asyncio.from_url(self.settings.redis_url)
+        return RedisStockGate(self.redis_client)
+
     async def relay(self, schema: str) -> OutboxRelay:
         if schema not in self.relays:
             assert self.producer is not None
@@ -103,7 +136,8 @@ class Runtime:
     def consumer(self, role: str, topics: list[str], handler: Callable[..., Awaitable[None]]) -> Task:
         loop = ConsumerLoop(
             role,
-            consumer_config(self.settings, f"checkout-saga.{role}"),
+            consumer_config(self.settings, f"checkout-saga.{role}")
+            | metrics.lag_statistics(role, self.settings.checkout_metrics_lag_interval_ms),
             topics,
             handler,
             self.producer,  # type: ignore[arg-type]
@@ -116,6 +150,15 @@ class Runtime:
     async def coordinator(self) -> Coordinator:
         config = CoordinatorConfig(machine_config(self.settings), self.settings.checkout_hold_ttl_seconds)
         return Coordinator(await self.pool("saga"), await self.relay("saga"), config)
+
+    async def _orders_after_checkout(self, tasks: list[Task]) -> dict[str, Handler]:
+        """orders.requests, fulfillment.events and orders.replies for the orders
+        role, and the timer that re-sends unanswered settlement commands."""
+        s = self.settings
+        pool, relay = await self.pool("orders"), await self.relay("orders")
+        tasks.append(_every(s.checkout_sweep_interval_seconds, "order settlements",
+                            lambda: settlement.resend_due(pool, relay, s.checkout_step_timeout_seconds)))
+        return OrderEvents(pool, relay, s.checkout_step_timeout_seconds).routes()
 
     async def build(self) -> list[Task]:
         s = self.settings
@@ -131,13 +174,19 @@ class Runtime:
             s.checkout_payment_timeout_seconds + s.checkout_gateway_late_answer_seconds,
         ) if {"payment", "timers"} & set(self.roles) else None
         for name, routes in (
-            ("inventory", INVENTORY_ROUTES),
+            ("inventory", InventoryHandlers(self.stock_gate(), hot_config(s)).routes()
+             if "inventory" in self.roles else None),
             ("payment", PaymentHandlers(gateway).routes() if gateway else None),
             ("orders", ORDERS_ROUTES),
+            ("promotions", PromotionHandlers(self.usage_gate()).routes()
+             if "promotions" in self.roles else None),
         ):
             if name in self.roles and routes is not None:
                 service = CommandService(name, await self.pool(name), routes, await self.relay(name))
-                tasks.append(self.consumer(name, [COMMAND_TOPICS[name]], service.handle))
+                by_topic: dict[str, Handler] = {COMMAND_TOPICS[name]: service.handle}
+                if name == "orders":  # and the order's life after checkout
+                    by_topic.update(await self._orders_after_checkout(tasks))
+                tasks.append(self.consumer(name, list(by_topic), _route_by_topic(by_topic)))
         if "timers" in self.roles:
             assert gateway is not None
             coordinator = await self.coordinator()
@@ -145,15 +194,33 @@ class Runtime:
             payment_pool, payment_relay = await self.pool("payment"), await self.relay("payment")
             tasks.append(_every(s.checkout_timer_interval_seconds, "saga deadlines",
                                 coordinator.fire_due_deadlines))
+            stock_gate = self.stock_gate()
             tasks.append(_every(s.checkout_sweep_interval_seconds, "hold sweeper",
-                                lambda: sweep_holds(inventory)))
+                                lambda: sweep_holds(inventory, stock_gate)))
+            tasks.append(_every(s.checkout_hot_reconcile_interval_seconds, "hot stock reconcile",
+                                lambda: reconcile_hot(inventory, stock_gate, hot_config(s))))
             tasks.append(_every(s.checkout_timer_interval_seconds, "late gateway answers",
                                 lambda: late_answers.book_late_answers(payment_pool, gateway, payment_relay)))
+            saga_pool = await self.pool("saga")
+            tasks.append(_every(s.checkout_metrics_sample_seconds, "metrics gauges",
+                                lambda: metrics.sample_gauges(inventory, saga_pool)))
         for relay in self.relays.values():
             tasks.append(relay.run)
         return tasks
 
     async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        # /metrics, /healthz and /readyz from the start: ready once the consumers are built.
+        observer = metrics.WorkerObserver.start(
+            s.checkout_metrics_host, s.checkout_metrics_port, s.checkout_data_dir,
+            self.ready.is_set, roles=list(self.roles),
+        )
+        try:
+            await self._run(stop)
+        finally:
+            observer.stop()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await prepare(self.settings)
         self.producer = AsyncProducer(producer_config(self.settings))
         await asyncio.to_thread(self.producer.warm_up)
@@ -175,6 +242,18 @@ class Runtime:
             self.producer.close()
             for pool in self.pools.values():
                 await pool.close()
+            if self.redis_client is not None:
+                await self.redis_client.aclose()
+
+
+def _route_by_topic(by_topic: Mapping[str, Handler]) -> Handler:
+    async def handle(msg: Message) -> None:
+        handler = by_topic.get(msg.topic())
+        if handler is None:
+            raise PermanentError(f"this consumer does not handle topic {msg.topic()}")
+        await handler(msg)
+
+    return handle
 
 
 def _route_coordinator(coordinator: Coordinator) -> Callable[..., Awaitable[None]]:
@@ -187,14 +266,19 @@ def _route_coordinator(coordinator: Coordinator) -> Callable[..., Awaitable[None
     return handle
 
 
-async def sweep_holds(pool: asyncpg.Pool, batch: int = 500) -> int:
-    total = 0
-    while True:
-        async with pool.acquire() as conn, conn.transaction():
-            released = await inventory_store.expire_due_holds(conn, batch)
-        total += released
-        if released < batch:
-            return total
+def hot_config(settings: Settings) -> HotConfig:
+    return HotConfig(threshold=settings.checkout_hot_threshold,
+                     window_seconds=settings.checkout_hot_window_seconds)
+
+
+async def sweep_holds(pool: asyncpg.Pool, gate: RedisStockGate | None = None, batch: int = 500) -> int:
+    return await inventory_timers.sweep_holds(pool, gate, batch)
+
+
+async def reconcile_hot(pool: asyncpg.Pool, gate: RedisStockGate, config: HotConfig) -> int:
+    """Always 0: a reconcile round never asks the timer to run again at once."""
+    await inventory_timers.reconcile_hot(pool, gate, config)
+    return 0
 
 
 def _every(interval: float, name: str, job: Callable[[], Awaitable[int]]) -> Task:

@@ -18,33 +18,43 @@ from confluent_kafka import Message
 from checkout_saga.errors import PermanentError
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message
-from checkout_saga.outbox import OutboxRelay, enqueue
+from checkout_saga.outbox import OutboxRelay, enqueue, insert_args, insert_sql
 from checkout_saga.topics import SAGA_REPLIES
 from schemas.envelope import InvalidEvent, parse_event
-from schemas.internal import COMMANDS, REPLY_TYPE, Command, CommandReply
+from schemas.internal import REPLY_TYPE, Command, CommandReply
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
+
 class Outcome:
     """What a handler decided: the reply (None: answered later) and other events."""
 
     reply: CommandReply | None
     events: list[OutgoingMessage] = field(default_factory=list)
 
+
 CommandHandler = Callable[[asyncpg.Connection, Command], Awaitable[Outcome]]
 
+
 @dataclass(frozen=True)
+
 class Route:
     handler: CommandHandler
     # False for commands whose handler is idempotent by state and must run
     # again on a repeat (a void re-sent after a late authorization).
     dedupe: bool = True
+    # Where the answer goes: the coordinator's reply topic, or the topic of
+    # whoever else sends this command (the orders service's settlements).
+    reply_topic: str = SAGA_REPLIES
+
 
 def ok(cmd: Command, **data: object) -> CommandReply:
     return CommandReply(
         checkout_session_id=cmd.checkout_session_id, command=type(cmd).__name__, ok=True, data=data
     )
+
 
 def failed(cmd: Command, reason: str, detail: str, skus: list[str] | None = None) -> CommandReply:
     return CommandReply(
@@ -56,8 +66,10 @@ def failed(cmd: Command, reason: str, detail: str, skus: list[str] | None = None
         skus=skus,
     )
 
-def reply_message(source: str, reply: CommandReply) -> OutgoingMessage:
-    return event_message(SAGA_REPLIES, REPLY_TYPE, source, reply.checkout_session_id, reply)
+
+def reply_message(source: str, reply: CommandReply, topic: str = SAGA_REPLIES) -> OutgoingMessage:
+    return event_message(topic, REPLY_TYPE, source, reply.checkout_session_id, reply)
+
 
 class CommandService:
     def __init__(
@@ -95,25 +107,30 @@ class CommandService:
                     name,
                 )
                 if not fresh:
-                    await self._resend_recorded(conn, command.checkout_session_id, name)
+                    await self._resend_recorded(
+                        conn, command.checkout_session_id, name, route.reply_topic
+                    )
                     return
             outcome = await route.handler(conn, command)
             out = list(outcome.events)
             if outcome.reply is not None:
-                message = reply_message(self.source, outcome.reply)
+                message = reply_message(self.source, outcome.reply, route.reply_topic)
                 out.insert(0, message)
                 if route.dedupe:
+                    # The recorded reply and the outbox rows in one round trip.
                     await conn.execute(
-                        f"UPDATE {self.schema}.inbox SET reply = $3 "
-                        "WHERE checkout_session_id = $1 AND command = $2",
-                        command.checkout_session_id,
-                        name,
-                        message.value,
+                        f"WITH recorded AS (UPDATE {self.schema}.inbox SET reply = $7 "
+                        "WHERE checkout_session_id = $5 AND command = $6) "
+                        + insert_sql(self.schema),
+                        *insert_args(out), command.checkout_session_id, name, message.value,
                     )
+                    out = []
             await enqueue(conn, self.schema, out)
         self._relay.wake()
 
-    async def _resend_recorded(self, conn: asyncpg.Connection, session_id: str, name: str) -> None:
+    async def _resend_recorded(
+        self, conn: asyncpg.Connection, session_id: str, name: str, topic: str = SAGA_REPLIES
+    ) -> None:
         reply = await conn.fetchval(
             f"SELECT reply FROM {self.schema}.inbox WHERE checkout_session_id = $1 AND command = $2",
             session_id,
@@ -122,7 +139,6 @@ class CommandService:
         if reply is None:
             log.info("%s: %s for %s already in hand, no answer yet", self.name, name, session_id)
             return
-        await enqueue(conn, self.schema, [OutgoingMessage(SAGA_REPLIES, session_id, bytes(reply))])
+        await enqueue(conn, self.schema, [OutgoingMessage(topic, session_id, bytes(reply))])
         log.info("%s: duplicate %s for %s: re-sent the recorded reply", self.name, name, session_id)
 
-ALL_COMMANDS = COMMANDS

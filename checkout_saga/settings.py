@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     checkout_gateway_late_answer_seconds: float = Field(default=2.0, ge=0)
     checkout_partitions: int = Field(default=8, ge=1)
     checkout_replication_factor: int = Field(default=1, ge=1)
+    # Topic creation (`checkout-saga topics create`). -1 keeps records forever.
+    # Dead letters wait for a person, so they are kept longer than traffic.
+    checkout_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
+    checkout_dlq_retention_ms: int = Field(default=30 * 24 * 3600 * 1000, ge=-1)
+    # None leaves the broker's default (min.insync.replicas) in force.
+    checkout_min_insync_replicas: int | None = Field(default=None, ge=1)
     checkout_kafka_session_timeout_ms: int = 6000
     checkout_kafka_heartbeat_interval_ms: int = 2000
     checkout_kafka_fetch_wait_max_ms: int = 10
@@ -45,8 +51,24 @@ class Settings(BaseSettings):
     checkout_db_pool_size: int = 12
     checkout_data_dir: Path = Path(".checkout-saga")
     checkout_sweep_interval_seconds: float = 1.0
+    # Hot SKUs: a cold SKU with this many reservations inside one window is
+    # marked hot and gated in Redis from then on (0: only operators mark).
+    checkout_hot_threshold: int = Field(default=200, ge=0)
+    checkout_hot_window_seconds: float = Field(default=1.0, gt=0)
+    # How often the timers compare hot counters in Redis with PostgreSQL.
+    checkout_hot_reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     checkout_timer_interval_seconds: float = 0.2
     checkout_log_level: str = "INFO"
+    # Observability (checkout_saga.metrics / tracing / logs). Metrics port 0
+    # takes a free port (logged, and written to <data dir>/metrics/<pid>.json);
+    # -1 turns the metrics server off.
+    checkout_log_format: str = Field(default="json", pattern="^(json|text)$")
+    checkout_metrics_host: str = "127.0.0.1"
+    checkout_metrics_port: int = Field(default=0, ge=-1, le=65535)
+    checkout_metrics_sample_seconds: float = Field(default=2.0, gt=0)
+    checkout_metrics_lag_interval_ms: int = Field(default=5000, ge=100)
+    checkout_otel_exporter: str = Field(default="none", pattern="^(none|console|otlp)$")
+    checkout_otel_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
     def dsn_for(self, service: str) -> str:
         """The DSN of one service's schema: its own URL, else DATABASE_URL."""

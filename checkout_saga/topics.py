@@ -16,11 +16,17 @@ INVENTORY_COMMANDS = "saga.inventory.commands"
 PAYMENT_COMMANDS = "saga.payment.commands"
 ORDERS_COMMANDS = "saga.orders.commands"
 SAGA_REPLIES = "saga.replies"
+PROMOTIONS_COMMANDS = "saga.promotions.commands"
+# Answers to the orders service's own commands (the cancel/return settlement:
+# RefundPayment, RestockOrder), kept off saga.replies so the coordinator never
+# sees a reply to a command it did not send.
+ORDERS_REPLIES = "orders.replies"
 
 COMMAND_TOPICS: dict[str, str] = {
     "inventory": INVENTORY_COMMANDS,
     "payment": PAYMENT_COMMANDS,
     "orders": ORDERS_COMMANDS,
+    "promotions": PROMOTIONS_COMMANDS,
 }
 
 EXTERNAL = (
@@ -31,7 +37,8 @@ EXTERNAL = (
     ORDERS_EVENTS,
     FULFILLMENT_EVENTS,
 )
-INTERNAL = (INVENTORY_COMMANDS, PAYMENT_COMMANDS, ORDERS_COMMANDS, SAGA_REPLIES)
+INTERNAL = (INVENTORY_COMMANDS, PAYMENT_COMMANDS, ORDERS_COMMANDS, SAGA_REPLIES, ORDERS_REPLIES,
+            PROMOTIONS_COMMANDS)
 
 # Topics some worker of ours consumes: each has a dead-letter topic.
 CONSUMED = (
@@ -42,6 +49,8 @@ CONSUMED = (
     ORDERS_COMMANDS,
     ORDERS_REQUESTS,
     FULFILLMENT_EVENTS,
+    ORDERS_REPLIES,
+    PROMOTIONS_COMMANDS,
 )
 
 
@@ -54,7 +63,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "checkout-saga.coordinator": (CHECKOUT_REQUESTED, SAGA_REPLIES),
     "checkout-saga.inventory": (INVENTORY_COMMANDS,),
     "checkout-saga.payment": (PAYMENT_COMMANDS,),
-    "checkout-saga.orders": (ORDERS_COMMANDS, ORDERS_REQUESTS, FULFILLMENT_EVENTS),
+    "checkout-saga.promotions": (PROMOTIONS_COMMANDS,),
+    "checkout-saga.orders": (ORDERS_COMMANDS, ORDERS_REQUESTS, FULFILLMENT_EVENTS, ORDERS_REPLIES),
 }
 
 __all__ = [

@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from checkout_saga import metrics, tracing
 from checkout_saga.errors import is_transient
 from checkout_saga.kafka import AsyncProducer, OutgoingMessage
 from schemas.contract import dlq_topic
@@ -66,7 +67,8 @@ class ConsumerLoop:
         self.name = name
         self._config = config
         self._topics = topics
-        self._handler = handler
+        # Each message in a span continuing its sender's trace, counted and timed.
+        self._handler = tracing.instrument(name, handler)
         self._producer = producer
         self._batch = batch
         self._limit = asyncio.Semaphore(key_concurrency)
@@ -153,6 +155,7 @@ class ConsumerLoop:
             except Exception as exc:  # noqa: BLE001 - policy: retry or dead-letter
                 if is_transient(exc) and not stop.is_set():
                     attempt += 1
+                    metrics.RETRIES.labels(self.name, msg.topic()).inc()
                     delay = min(5.0, 0.05 * 2 ** min(attempt, 8)) * (0.5 + random.random())
                     log.warning(
                         "%s: transient error at %s[%d]@%d (attempt %d, retry in %.2fs): %s",
@@ -174,6 +177,7 @@ class ConsumerLoop:
             try:
                 await self._producer.send([dead_letter(msg, exc)])
                 self.dead_lettered += 1
+                metrics.DEAD_LETTERS.labels(msg.topic(), "handle").inc()
                 return
             except Exception as send_exc:  # noqa: BLE001 - never drop a dead letter
                 log.warning("%s: dead-letter send failed, retrying: %s", self.name, send_exc)

@@ -18,6 +18,7 @@ from schemas.internal import (
     ReserveStock,
     VoidPayment,
 )
+from schemas.internal import ApplyPromo, ReleasePromo
 
 PAYMENT_FAILURES = frozenset({"PAYMENT_DECLINED", "PAYMENT_TIMEOUT"})
 
@@ -72,6 +73,16 @@ def _commit(state: SagaState, attempt: int, _ttl: float) -> Command:
     return CommitStock(**_common(state, attempt), items=_items(state))
 
 
+def _apply_promo(state: SagaState, attempt: int, _ttl: float) -> Command:
+    return ApplyPromo(
+        **_common(state, attempt), promo_code=state.context["promo_code"], items=_items(state)
+    )
+
+
+def _release_promo(state: SagaState, attempt: int, _ttl: float) -> Command:
+    return ReleasePromo(**_common(state, attempt), promo_code=state.context["promo_code"])
+
+
 def _simple(cls: type[Command]) -> Callable[[SagaState, int, float], Command]:
     def build(state: SagaState, attempt: int, _ttl: float) -> Command:
         return cls(**_common(state, attempt))
@@ -89,6 +100,8 @@ BUILDERS: dict[str, Callable[[SagaState, int, float], Command]] = {
     "AuthorizePayment": _authorize,
     "VoidPayment": _simple(VoidPayment),
     "CapturePayment": _simple(CapturePayment),
+    "ApplyPromo": _apply_promo,
+    "ReleasePromo": _release_promo,
 }
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from confluent_kafka import Message
 
+from checkout_saga import metrics, tracing
 from checkout_saga.errors import PermanentError, TransientError
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message
@@ -77,7 +78,9 @@ class Coordinator:
             await self._reject(msg, exc)
             return
         assert isinstance(data, CheckoutRequested)
-        started = Started(data.checkout_session_id, initial_context(data, event.id))
+        # The request's trace is kept with the saga: deadlines continue it.
+        context = {**initial_context(data, event.id), **tracing.saga_context()}
+        started = Started(data.checkout_session_id, context)
         decision = decide(CURRENT, self._config.machine, None, started)
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
@@ -164,8 +167,10 @@ class Coordinator:
                 definition = DEFINITIONS[state.definition_version]
                 event = DeadlinePassed(row["deadline_token"] or "")
                 decision = decide(definition, self._config.machine, state, event)
-                await self._apply(conn, definition, decision, row["version"], previous=state,
-                                  clear_deadline=True)
+                with tracing.resumed(state.context.get(tracing.SAGA_CONTEXT_KEY),
+                                     "saga deadline", state.session_id):
+                    await self._apply(conn, definition, decision, row["version"], previous=state,
+                                      clear_deadline=True)
         if rows:
             self._relay.wake()
         return len(rows)
@@ -228,6 +233,7 @@ class Coordinator:
         )
         if updated != 1:
             raise SagaMovedOn(state.session_id)
+        metrics.observe_decision(decision, state.context.get(tracing.SAGA_CONTEXT_KEY))
 
     def _command(self, definition: SagaDefinition, state: SagaState, effect: SendCommand) -> OutgoingMessage:
         step = definition.steps[definition.index_of(effect.step)]

@@ -82,5 +82,20 @@ CHECKOUT_V1 = SagaDefinition(
     ),
 )
 
-DEFINITIONS: dict[int, SagaDefinition] = {CHECKOUT_V1.version: CHECKOUT_V1}
-CURRENT = CHECKOUT_V1
+# Version 2 takes the promo code's use first: a code that is invalid or used up
+# fails the checkout before any stock is held or money authorized, and the
+# discounted total is known to create_order and authorize_payment. Sagas that
+# started on version 1 finish on version 1.
+CHECKOUT_V2 = SagaDefinition(
+    name="checkout",
+    version=2,
+    steps=(
+        Step("apply_promo", "promotions", "ApplyPromo", "ReleasePromo", only_if="promo_code"),
+        *CHECKOUT_V1.steps,
+    ),
+)
+
+DEFINITIONS: dict[int, SagaDefinition] = {
+    d.version: d for d in (CHECKOUT_V1, CHECKOUT_V2)
+}
+CURRENT = CHECKOUT_V2

@@ -12,13 +12,14 @@ Rules that keep the contract's guarantees:
   authorized after its timeout) is undone again by its compensation;
 - compensations are retried with backoff until they succeed, and a
   compensation that keeps failing is dead-lettered and the saga marked stuck,
-  never silently dropped.
+  never silently dropped; if that compensation succeeds after all (a late
+  answer or a redrive), the saga resumes and still ends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 from saga.definition import OnTimeout, SagaDefinition, Step
 from saga.state import (
@@ -29,6 +30,8 @@ from saga.state import (
     Effect,
     Failure,
     LogEntry,
+    OperatorAction,
+    OperatorKind,
     PublishOutcome,
     Replied,
     SagaEvent,
@@ -65,6 +68,8 @@ def decide(
         raise ValueError(f"{type(event).__name__} for a saga that was never started")
     if isinstance(event, Replied):
         return _on_reply(definition, config, state, event)
+    if isinstance(event, OperatorAction):
+        return _on_operator(definition, config, state, event)
     return _on_deadline(definition, config, state, event)
 
 
@@ -129,7 +134,13 @@ def _action_timeout(config: MachineConfig, step: Step, attempt: int) -> float:
     base = config.timeouts.get(step.timeout, config.timeouts["step"])
     if step.on_timeout is OnTimeout.FAIL:
         return base
-    return min(base * 2 ** (attempt - 1), max(base, config.retry_backoff_cap))
+    return _backoff(config, base, attempt)
+
+
+def _backoff(config: MachineConfig, base: float, attempt: int) -> float:
+    # The exponent is bounded: a forward-only step may be retried for days, and
+    # base * 2**1100 no longer fits in a float (OverflowError).
+    return min(base * 2.0 ** min(attempt - 1, 64), max(base, config.retry_backoff_cap))
 
 
 def _on_reply(
@@ -139,7 +150,7 @@ def _on_reply(
         step = definition.steps[state.cursor]
         if event.command == step.action:
             return _on_action_reply(definition, config, state, step, event)
-    if state.status is SagaStatus.COMPENSATING and not state.stuck:
+    if state.status is SagaStatus.COMPENSATING:
         step = definition.steps[definition.index_of(state.to_compensate[state.cursor])]
         if event.command == step.compensation:
             return _on_compensation_reply(definition, config, state, step, event)
@@ -244,10 +255,7 @@ def _send_compensation(
     base = config.timeouts["step"]
     effects: tuple[Effect, ...] = (
         SendCommand(step.name, step.compensation, state.attempt, compensation=True),
-        ScheduleDeadline(
-            min(base * 2 ** (state.attempt - 1), max(base, config.retry_backoff_cap)),
-            state.deadline_token,
-        ),
+        ScheduleDeadline(_backoff(config, base, state.attempt), state.deadline_token),
     )
     entry = LogEntry(step.name, "command", f"{step.compensation} sent (attempt {state.attempt})")
     return Decision(state, effects, log + (entry,))
@@ -263,12 +271,18 @@ def _on_compensation_reply(
     if not event.ok:
         detail = event.failure.detail if event.failure else "no detail"
         entry = LogEntry(step.name, "failed", f"{step.compensation} failed: {detail}")
+        if state.stuck:
+            # Dead-lettered already: the next try is an operator's redrive, not a timer.
+            return Decision(state, (), (entry,))
         return Decision(
             state,
             (ScheduleDeadline(config.compensation_retry_delay, state.deadline_token),),
             (entry,),
         )
     entry = LogEntry(step.name, "compensated", f"{step.compensation} succeeded")
+    # A stuck saga resumes when its dead-lettered compensation succeeds at last
+    # (a reply after the final deadline, or a redrive): it must still end.
+    state = replace(state, stuck=False)
     if state.cursor + 1 >= len(state.to_compensate):
         return _fail(replace(state, cursor=state.cursor + 1, attempt=0), (entry,))
     nxt = replace(state, cursor=state.cursor + 1, attempt=1)
@@ -302,3 +316,104 @@ def _fail(state: SagaState, log: tuple[LogEntry, ...]) -> Decision:
         (ClearDeadline(), PublishOutcome(succeeded=False)),
         log + (LogEntry("-", "failed", f"checkout failed: {reason}"),),
     )
+
+
+# ---- operator actions ------------------------------------------------------
+# An operator unsticks a saga that cannot end by itself. Every action, done or
+# refused, leaves an "admin" (or "admin-rejected") entry in the saga's log.
+
+
+def _on_operator(
+    definition: SagaDefinition, config: MachineConfig, state: SagaState, event: OperatorAction
+) -> Decision:
+    step = _step_in_flight(definition, state)
+    said = f"{event.kind.value} by {event.operator}: {event.reason or 'no reason given'}"
+    entry = LogEntry(step.name if step else "-", "admin", said)
+    if state.status.terminal or step is None:
+        return _refuse(state, entry, f"the saga has already ended ({state.status.value})")
+    return _OPERATOR_ACTIONS[event.kind](definition, config, state, event, entry)
+
+
+def _step_in_flight(definition: SagaDefinition, state: SagaState) -> Step | None:
+    if state.status is SagaStatus.RUNNING and 0 <= state.cursor < len(definition.steps):
+        return definition.steps[state.cursor]
+    if state.status is SagaStatus.COMPENSATING and 0 <= state.cursor < len(state.to_compensate):
+        return definition.steps[definition.index_of(state.to_compensate[state.cursor])]
+    return None
+
+
+def _refuse(state: SagaState, entry: LogEntry, why: str) -> Decision:
+    refused = LogEntry(entry.step, "admin-rejected", f"{entry.detail}; refused: {why}")
+    return Decision(state, (), (refused,), rejected=why)
+
+
+def _operator_retry(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState,
+    event: OperatorAction,
+    entry: LogEntry,
+) -> Decision:
+    state = replace(state, stuck=False)
+    if state.status is SagaStatus.RUNNING:
+        return _send_action(definition, config, replace(state, attempt=state.attempt + 1), (entry,))
+    # A fresh budget of attempts: the operator fixed what made them fail.
+    return _send_compensation(definition, config, replace(state, attempt=1), (entry,))
+
+
+def _operator_compensate(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState,
+    event: OperatorAction,
+    entry: LogEntry,
+) -> Decision:
+    if state.status is SagaStatus.COMPENSATING:
+        note = LogEntry(entry.step, "admin", "already compensating: the compensation is retried")
+        retried = _operator_retry(definition, config, state, event, entry)
+        return replace(retried, log=(note,) + retried.log)
+    if state.cursor >= definition.pivot_index:
+        pivot = definition.steps[definition.pivot_index].name
+        return _refuse(
+            state, entry, f"the pivot ({pivot}) was reached: the saga only goes forward; "
+            "retry or skip-step it instead",
+        )
+    failure = Failure("CANCELLED", f"The checkout was cancelled by an operator: {event.reason}")
+    step = definition.steps[state.cursor]
+    # The step in flight may have happened: undo it too, as a timeout does.
+    return _compensate(
+        definition, config, replace(state, stuck=False), failure, also=step.name, log=(entry,)
+    )
+
+
+def _operator_skip(
+    definition: SagaDefinition,
+    config: MachineConfig,
+    state: SagaState,
+    event: OperatorAction,
+    entry: LogEntry,
+) -> Decision:
+    if not event.reason.strip():
+        return _refuse(state, entry, "skipping a step needs a reason")
+    state = replace(state, stuck=False)
+    if state.status is SagaStatus.RUNNING:
+        step = definition.steps[state.cursor]
+        skipped = LogEntry(step.name, "skipped", f"{step.action} treated as done: {event.reason}")
+        done = replace(state, completed=state.completed + (step.name,)).with_context(event.data)
+        return _advance(definition, config, done, after=state.cursor, log=(entry, skipped))
+    step = definition.steps[definition.index_of(state.to_compensate[state.cursor])]
+    skipped = LogEntry(step.name, "skipped", f"{step.compensation} treated as done: {event.reason}")
+    if state.cursor + 1 >= len(state.to_compensate):
+        return _fail(replace(state, cursor=state.cursor + 1, attempt=0), (entry, skipped))
+    nxt = replace(state, cursor=state.cursor + 1, attempt=1)
+    return _send_compensation(definition, config, nxt, (entry, skipped))
+
+
+_OperatorHandler = Callable[
+    [SagaDefinition, MachineConfig, SagaState, OperatorAction, LogEntry], Decision
+]
+_OPERATOR_ACTIONS: dict[OperatorKind, _OperatorHandler] = {
+    OperatorKind.RETRY: _operator_retry,
+    OperatorKind.COMPENSATE: _operator_compensate,
+    OperatorKind.SKIP_STEP: _operator_skip,
+}

@@ -75,7 +75,29 @@ class DeadlinePassed:
     token: str
 
 
-SagaEvent = Started | Replied | DeadlinePassed
+class OperatorKind(StrEnum):
+    """What an operator can ask of a saga that does not end by itself."""
+
+    RETRY = "retry"  # send the command in flight again (unsticks a stuck saga)
+    COMPENSATE = "compensate"  # give up before the pivot and undo what was done
+    SKIP_STEP = "skip-step"  # treat the step in flight as done (it was fixed by hand)
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """An operator's action (``saga retry|compensate|skip-step``), logged with its reason.
+
+    ``data`` is context the operator vouches for when a step is skipped: what
+    the skipped step's reply would have carried.
+    """
+
+    kind: OperatorKind
+    reason: str
+    operator: str = "operator"
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+SagaEvent = Started | Replied | DeadlinePassed | OperatorAction
 
 
 # ---- effects asked of the coordinator --------------------------------------
@@ -127,6 +149,8 @@ class Decision:
     state: SagaState
     effects: tuple[Effect, ...] = ()
     log: tuple[LogEntry, ...] = ()
+    # Set when an operator action was refused (why): the saga is unchanged.
+    rejected: str | None = None
 
 
 def to_json(state: SagaState) -> dict[str, Any]:

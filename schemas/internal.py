@@ -73,6 +73,36 @@ class CapturePayment(Command):
     pass
 
 
+class RestockOrder(Command):
+    """Put a cancelled or returned order's units back on sale (sold -> available)."""
+
+    order_id: str
+    items: list[LineItem]
+    reason: str
+
+
+class RefundPayment(Command):
+    """Give a cancelled or returned order's money back: refund a capture, void a
+    mere authorization."""
+
+    order_id: str
+    reason: str
+
+
+class ApplyPromo(Command):
+    """Check a promo code against the cart and take one use of it (once per session)."""
+
+    promo_code: str
+    items: list[LineItem]
+
+
+class ReleasePromo(Command):
+    """Give back the use the session took (compensation)."""
+
+    promo_code: str
+    reason: str = "compensation"
+
+
 class CommandReply(_Message):
     checkout_session_id: str
     command: str
@@ -95,6 +125,10 @@ COMMANDS: dict[str, type[Command]] = {
         AuthorizePayment,
         VoidPayment,
         CapturePayment,
+        ApplyPromo,
+        ReleasePromo,
+        RestockOrder,
+        RefundPayment,
     )
 }
 REPLY_TYPE = "CommandReply"

@@ -41,10 +41,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         DATABASE_URL=found.database_url,
         REDIS_URL=found.redis_url,
         CHECKOUT_DATA_DIR=str(workdir / "data"),
-        CHECKOUT_PAYMENT_TIMEOUT_SECONDS="2",
+        CHECKOUT_PAYMENT_TIMEOUT_SECONDS="6",
         CHECKOUT_GATEWAY_LATE_ANSWER_SECONDS="1",
         CHECKOUT_STEP_TIMEOUT_SECONDS="5",
         CHECKOUT_LOG_LEVEL="INFO",
+        # Gauges from queries and librdkafka's lag figures, often enough for a test to see.
+        CHECKOUT_METRICS_SAMPLE_SECONDS="0.5",
+        CHECKOUT_METRICS_LAG_INTERVAL_MS="1000",
     )
     if "kafka" in servers.started:  # tansu: short sessions keep group joins fast
         env.update(CHECKOUT_KAFKA_SESSION_TIMEOUT_MS="1000", CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS="300")
@@ -129,3 +132,33 @@ def poll_until(check, timeout: float = 30.0, interval: float = 0.1):  # type: ig
         if value or time.monotonic() > end:
             return value
         time.sleep(interval)
+
+
+@pytest.fixture
+async def scratch_database(stack: Stack):  # type: ignore[no-untyped-def]
+    """A factory of fresh, empty databases on the stack's PostgreSQL server,
+    dropped afterwards: for tests whose rows no session worker may touch
+    (e.g. a sweeper race that must count every release)."""
+    import asyncpg
+    from urllib.parse import urlsplit, urlunsplit
+
+    admin_dsn = stack.env["DATABASE_URL"]
+    made: list[str] = []
+
+    async def make() -> str:
+        name = uid("scratch").replace("-", "_")
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        made.append(name)
+        return urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
+
+    yield make
+    for name in made:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()

@@ -51,6 +51,27 @@ def checkout_event(
     }).encode()
 
 
+def order_event(
+    type_: str,
+    order_id: str,
+    session_id: str,
+    event_id: str | None = None,
+    **extra: Any,
+) -> bytes:
+    """An event on orders.requests or fulfillment.events, as customer service
+    or the warehouse would send it (``extra``: reason, carrier, ...)."""
+    return json.dumps({
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "source": "urn:test:outside",
+        "type": type_,
+        "time": "2026-11-26T10:00:00Z",
+        "subject": session_id,
+        "datacontenttype": "application/json",
+        "data": {"order_id": order_id, "checkout_session_id": session_id, **extra},
+    }).encode()
+
+
 @dataclass
 class Bus:
     """Produce to and read from the project's topics like an outside client."""

@@ -40,6 +40,11 @@ def check_cart(lines: Sequence[Line], prices: Mapping[str, int]) -> Rejection | 
 
 def out_of_stock(lines: Sequence[Line], available: Mapping[str, int]) -> Rejection:
     short = sorted(line.sku for line in lines if available.get(line.sku, 0) < line.quantity)
+    if not short:
+        # Stock came back between the failed reserve and this read: the
+        # reserve still lost the race, so name every line.
+        skus = sorted(line.sku for line in lines)
+        return Rejection("OUT_OF_STOCK", f"Not enough stock for {', '.join(skus)} just now.", skus)
     parts = [
         f"{line.sku} (wanted {line.quantity}, {available.get(line.sku, 0)} left)"
         for line in sorted(lines, key=lambda l: l.sku)

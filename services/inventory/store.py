@@ -4,6 +4,7 @@ statement that changes the row: no SELECT ... FOR UPDATE on products."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import AbstractSet as Set, Mapping
 
 import asyncpg
 
@@ -24,19 +25,51 @@ async def available(conn: asyncpg.Connection, skus: list[str]) -> dict[str, int]
     return {r["sku"]: r["available"] for r in rows}
 
 
-async def take(conn: asyncpg.Connection, lines: list[Line], into: str) -> bool:
+async def catalogue(conn: asyncpg.Connection, skus: list[str]) -> dict[str, tuple[int, bool]]:
+    """Price and hot flag by SKU, in one read (no lock: MVCC never waits here)."""
+    rows = await conn.fetch(
+        "SELECT sku, price, hot FROM inventory.products WHERE sku = ANY($1::text[])", skus
+    )
+    return {r["sku"]: (r["price"], r["hot"]) for r in rows}
+
+
+async def take(
+    conn: asyncpg.Connection, lines: list[Line], into: str, mark_hot: Set[str] = frozenset()
+) -> bool:
     """Move every line's quantity out of ``available`` into ``held`` or ``sold``.
 
     All or nothing is the caller's savepoint; this returns False at the first
-    line short of stock.
+    line short of stock. ``mark_hot`` SKUs get their hot flag set by the same
+    UPDATE, so no row is locked twice or out of SKU order.
     """
     assert into in ("held", "sold")
     for line in in_sku_order(lines):
         status = await conn.execute(
             f"UPDATE inventory.products SET available = available - $2, {into} = {into} + $2, "
-            "updated_at = now() WHERE sku = $1 AND available >= $2",
+            "hot = hot OR $3, updated_at = now() WHERE sku = $1 AND available >= $2",
             line.sku,
             line.quantity,
+            line.sku in mark_hot,
+        )
+        if status != "UPDATE 1":
+            return False
+    return True
+
+
+async def settle(conn: asyncpg.Connection, held: Mapping[str, int], lines: list[Line]) -> bool:
+    """Commit a cart: held units become sold, and a line whose hold lapsed takes
+    the rest from ``available`` (guarded). One UPDATE per SKU, in SKU order, so
+    a commit never locks rows in another order than a reserve does."""
+    want = {line.sku: line.quantity for line in lines}
+    for sku in sorted(set(want) | set(held)):
+        from_held = held.get(sku, 0)
+        regain = max(0, want.get(sku, 0) - from_held)
+        status = await conn.execute(
+            "UPDATE inventory.products SET held = held - $2, available = available - $3, "
+            "sold = sold + $2 + $3, updated_at = now() WHERE sku = $1 AND available >= $3",
+            sku,
+            from_held,
+            regain,
         )
         if status != "UPDATE 1":
             return False
@@ -78,8 +111,14 @@ async def move_held(conn: asyncpg.Connection, held: dict[str, int], to: str) -> 
         )
 
 
-async def expire_due_holds(conn: asyncpg.Connection, batch: int) -> int:
-    """Release up to ``batch`` expired holds; safe to run in many sweepers at once."""
+async def expire_due(conn: asyncpg.Connection, batch: int) -> list[tuple[str, str, int]]:
+    """Expire up to ``batch`` due holds and put their units back on sale.
+
+    Safe in many sweepers at once: each claims its rows with ``FOR UPDATE SKIP
+    LOCKED`` (a row another sweeper holds is skipped, a row it already ended
+    no longer matches ``status = 'ACTIVE'``), and the counters move by SKU in
+    SKU order. Returns what was expired: (session, sku, quantity).
+    """
     rows = await conn.fetch(
         """
         WITH due AS (
@@ -89,7 +128,8 @@ async def expire_due_holds(conn: asyncpg.Connection, batch: int) -> int:
         )
         UPDATE inventory.holds h SET status = 'EXPIRED', ended_at = now()
         FROM due WHERE h.checkout_session_id = due.checkout_session_id AND h.sku = due.sku
-        RETURNING h.sku, h.quantity
+            AND h.status = 'ACTIVE'
+        RETURNING h.checkout_session_id, h.sku, h.quantity
         """,
         batch,
     )
@@ -97,7 +137,30 @@ async def expire_due_holds(conn: asyncpg.Connection, batch: int) -> int:
     for r in rows:
         released[r["sku"]] = released.get(r["sku"], 0) + r["quantity"]
     await move_held(conn, released, "available")
-    return len(rows)
+    return [(r["checkout_session_id"], r["sku"], r["quantity"]) for r in rows]
+
+
+async def expire_due_holds(conn: asyncpg.Connection, batch: int) -> int:
+    return len(await expire_due(conn, batch))
+
+
+async def put_back(conn: asyncpg.Connection, lines: list[Line]) -> dict[str, int]:
+    """Move sold units back to ``available`` (a cancelled or returned order).
+
+    The guard ``sold >= n`` keeps the books whole if an operator changed the
+    stock meanwhile; returns what was put back, by SKU.
+    """
+    restocked: dict[str, int] = {}
+    for line in in_sku_order(lines):
+        status = await conn.execute(
+            "UPDATE inventory.products SET sold = sold - $2, available = available + $2, "
+            "updated_at = now() WHERE sku = $1 AND sold >= $2",
+            line.sku,
+            line.quantity,
+        )
+        if status == "UPDATE 1":
+            restocked[line.sku] = line.quantity
+    return restocked
 
 
 async def set_stock(conn: asyncpg.Connection, sku: str, price: int, add: int) -> None:
@@ -110,6 +173,37 @@ async def set_stock(conn: asyncpg.Connection, sku: str, price: int, add: int) ->
         price,
         add,
     )
+
+
+async def set_hot(conn: asyncpg.Connection, sku: str, hot: bool) -> bool:
+    status = await conn.execute(
+        "UPDATE inventory.products SET hot = $2, updated_at = now() WHERE sku = $1", sku, hot
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def hot_skus(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch("SELECT sku FROM inventory.products WHERE hot ORDER BY sku")
+    return [r["sku"] for r in rows]
+
+
+async def books_for_reconcile(
+    conn: asyncpg.Connection, sku: str, sessions: list[str]
+) -> tuple[int, dict[str, tuple[str, datetime | None]]] | None:
+    """``available`` and the holds of ``sessions`` for one SKU, from one snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        available = await conn.fetchval(
+            "SELECT available FROM inventory.products WHERE sku = $1", sku
+        )
+        if available is None:
+            return None
+        rows = await conn.fetch(
+            "SELECT checkout_session_id, status, ended_at FROM inventory.holds "
+            "WHERE sku = $1 AND checkout_session_id = ANY($2::text[])",
+            sku,
+            sessions,
+        )
+    return available, {r["checkout_session_id"]: (r["status"], r["ended_at"]) for r in rows}
 
 
 async def show(conn: asyncpg.Connection, sku: str) -> dict[str, object] | None:

@@ -2,8 +2,13 @@
 
     PENDING -> PAYMENT_AUTHORIZED -> CONFIRMED -> SHIPPED -> DELIVERED
     PENDING -> PAYMENT_FAILED -> CANCELLED
-    PENDING | PAYMENT_AUTHORIZED | CONFIRMED -> CANCELLED   (before shipment)
+    PENDING | PAYMENT_AUTHORIZED | CONFIRMED -> CANCELLED   (checkout compensation)
+    CONFIRMED -> CANCELLING -> CANCELLED                     (customer cancel before shipment)
     DELIVERED -> RETURN_INITIATED -> RETURNED
+
+CANCELLING is the cancel saga's pivot: from the moment a cancel is accepted the
+order can no longer ship, while the payment is voided or refunded and the stock
+put back; it becomes CANCELLED when both are done (``services/orders/settlement``).
 
 The repository applies a move with ``UPDATE ... WHERE status = expected``;
 this module only says which moves exist.
@@ -21,6 +26,7 @@ class OrderStatus(StrEnum):
     CONFIRMED = "CONFIRMED"
     SHIPPED = "SHIPPED"
     DELIVERED = "DELIVERED"
+    CANCELLING = "CANCELLING"
     CANCELLED = "CANCELLED"
     RETURN_INITIATED = "RETURN_INITIATED"
     RETURNED = "RETURNED"
@@ -31,7 +37,8 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PENDING: frozenset({S.PAYMENT_AUTHORIZED, S.PAYMENT_FAILED, S.CANCELLED}),
     S.PAYMENT_AUTHORIZED: frozenset({S.CONFIRMED, S.CANCELLED}),
     S.PAYMENT_FAILED: frozenset({S.CANCELLED}),
-    S.CONFIRMED: frozenset({S.SHIPPED, S.CANCELLED}),
+    S.CONFIRMED: frozenset({S.SHIPPED, S.CANCELLING, S.CANCELLED}),
+    S.CANCELLING: frozenset({S.CANCELLED}),
     S.SHIPPED: frozenset({S.DELIVERED}),
     S.DELIVERED: frozenset({S.RETURN_INITIATED}),
     S.RETURN_INITIATED: frozenset({S.RETURNED}),

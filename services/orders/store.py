@@ -72,14 +72,40 @@ async def move(
     )
 
 
+async def note(
+    conn: asyncpg.Connection, order_id: str, status: OrderStatus, kind: str, reason: str
+) -> None:
+    """A history entry that is not a move: a settlement step done, or an event
+    that was refused (``kind`` 'note' or 'rejected'; from = to = the status)."""
+    await conn.execute(
+        "INSERT INTO orders.history (order_id, from_status, to_status, reason, kind) "
+        "VALUES ($1, $2, $2, $3, $4)",
+        order_id, status.value, reason, kind,
+    )
+
+
 async def history(conn: asyncpg.Connection, order_id: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT at, from_status, to_status, reason FROM orders.history "
+        "SELECT at, from_status, to_status, reason, kind FROM orders.history "
         "WHERE order_id = $1 ORDER BY id",
         order_id,
     )
     return [
         {"at": r["at"].isoformat(), "from": r["from_status"], "to": r["to_status"],
-         "reason": r["reason"]}
+         "reason": r["reason"], "kind": r["kind"]}
         for r in rows
     ]
+
+
+async def settlement(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] | None:
+    """The cancel or return settlement of an order, for ``order show``."""
+    row = await conn.fetchrow(
+        "SELECT kind, reason, state, payment_status, restocked, attempts, last_error, "
+        "created_at, finished_at FROM orders.settlements WHERE order_id = $1",
+        order_id,
+    )
+    if row is None:
+        return None
+    out = dict(row)
+    out["restocked"] = None if row["restocked"] is None else json.loads(row["restocked"])
+    return out

@@ -1,4 +1,5 @@
-"""Payment command handlers: authorize, void and capture.
+"""Payment command handlers: authorize, void and capture; refund (or void) a
+cancelled or returned order's payment for the orders service.
 
 Every gateway call carries the idempotency key ``pay:<session id>``, so a
 retried authorization is never a second charge. A void that arrives while the
@@ -13,7 +14,9 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from checkout_saga.service import Outcome, Route, failed, ok
+from checkout_saga.topics import ORDERS_REPLIES
 from schemas.internal import AuthorizePayment, CapturePayment, Command, CommandReply, VoidPayment
+from schemas.internal import RefundPayment
 from services.payment.gateway import (
     Approved,
     Authorization,
@@ -38,6 +41,7 @@ class PaymentHandlers:
             # Idempotent by state, and must run again after a late authorization.
             VoidPayment: Route(self.void, dedupe=False),
             CapturePayment: Route(self.capture),
+            RefundPayment: Route(self.refund, reply_topic=ORDERS_REPLIES),
         }
 
     async def _authorize_with_retry(self, cmd: AuthorizePayment) -> Authorization:
@@ -93,6 +97,31 @@ class PaymentHandlers:
         elif status != "CAPTURED":
             return Outcome(failed(cmd, "PAYMENT_DECLINED", f"Cannot capture a payment in {status}."))
         return Outcome(ok(cmd))
+
+    async def refund(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
+        """Money back for a cancelled or returned order: refund a capture, void an
+        authorization; idempotent by state (the gateway call is keyed too)."""
+        assert isinstance(cmd, RefundPayment)
+        key = idempotency_key(cmd.checkout_session_id)
+        status = await conn.fetchval(
+            "SELECT status FROM payment.payments WHERE checkout_session_id = $1 FOR UPDATE",
+            cmd.checkout_session_id,
+        )
+        if status == "CAPTURED":
+            await self._gateway.refund(key)
+            status = "REFUNDED"
+        elif status == "AUTHORIZED":
+            await self._gateway.void(key)
+            status = "VOIDED"
+        elif status == "PENDING":  # cannot be for a confirmed order; void the late answer
+            await conn.execute(
+                "UPDATE payment.payments SET void_requested = true, updated_at = now() "
+                "WHERE checkout_session_id = $1",
+                cmd.checkout_session_id,
+            )
+        if status in ("REFUNDED", "VOIDED"):
+            await _set_status(conn, cmd.checkout_session_id, status)
+        return Outcome(ok(cmd, payment_status=status or "NONE"))
 
 
 async def record_answer(

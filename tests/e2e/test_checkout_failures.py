@@ -99,7 +99,7 @@ def test_out_of_stock_holds_nothing(workers, bus: Bus, env) -> None:
 
 
 def test_payment_timeout_compensates_and_voids_the_late_authorization(workers, bus: Bus, env) -> None:
-    """The workers run with CHECKOUT_PAYMENT_TIMEOUT_SECONDS=2 and the simulator
+    """The workers run with CHECKOUT_PAYMENT_TIMEOUT_SECONDS=6 and the simulator
     answers tok_timeout 1 s after that: a late authorization that must be voided."""
     sku = uid("SKU")
     stock(env, sku)

@@ -1,0 +1,362 @@
+"""Prometheus metrics of a worker process, and the small HTTP server every
+worker runs for them: ``/metrics``, ``/healthz`` (liveness) and ``/readyz``
+(readiness).
+
+The server runs in a daemon thread, so a scrape never waits on a busy event
+loop; liveness is a heartbeat the event loop writes every second, so a loop
+that is stuck shows as not alive. Port 0 (the default) takes a free port:
+the process logs it and writes ``<data dir>/metrics/<pid>.json``.
+
+Metric names are listed in docs/architecture.md. Figures are per process;
+sum them across processes (gauges sampled by every timers process, like
+``checkout_holds_live``, are the same figure: take the max).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import asyncpg
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from saga.state import Decision, SendCommand
+
+log = logging.getLogger(__name__)
+
+disable_created_metrics()  # the *_created series only double what a scrape has to read
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# ---- the saga (coordinator) ----------------------------------------------------
+SAGAS_STARTED = Counter("checkout_sagas_started", "Checkout sagas started.", registry=REGISTRY)
+SAGAS_SUCCEEDED = Counter("checkout_sagas_succeeded", "Checkout sagas that succeeded.",
+                          registry=REGISTRY)
+SAGAS_FAILED = Counter("checkout_sagas_failed", "Checkout sagas that failed, by reason.",
+                       ["reason"], registry=REGISTRY)
+COMPENSATIONS = Counter("checkout_saga_compensations",
+                        "Compensations that succeeded (a step undone), by step.", ["step"],
+                        registry=REGISTRY)
+COMPENSATIONS_DEAD = Counter("checkout_saga_compensations_dead_lettered",
+                             "Compensations given up and dead-lettered (saga stuck), by step.",
+                             ["step"], registry=REGISTRY)
+STEP_TIMEOUTS = Counter("checkout_saga_step_timeouts",
+                        "Step deadlines that passed (re-sent or failed), by step.", ["step"],
+                        registry=REGISTRY)
+STEP_SECONDS = Histogram("checkout_saga_step_duration_seconds",
+                         "From a step's command to its answer, by step and outcome "
+                         "(succeeded, failed, compensated).", ["step", "outcome"],
+                         buckets=_STEP_BUCKETS, registry=REGISTRY)
+SAGAS_IN_FLIGHT = Gauge("checkout_sagas_in_flight",
+                        "Sagas not finished, by status (RUNNING, COMPENSATING, STUCK); "
+                        "sampled by the timers role.", ["status"], registry=REGISTRY)
+
+# ---- messaging (every consumer loop and outbox relay) ------------------------------
+HANDLED = Counter("checkout_messages_handled", "Messages handled, by worker and topic.",
+                  ["worker", "topic"], registry=REGISTRY)
+HANDLE_SECONDS = Histogram("checkout_message_handle_seconds",
+                           "Time to handle one message (successful attempts), by worker.",
+                           ["worker"], buckets=_FAST_BUCKETS, registry=REGISTRY)
+RETRIES = Counter("checkout_message_retries",
+                  "Transient failures retried with backoff, by worker and topic.",
+                  ["worker", "topic"], registry=REGISTRY)
+DEAD_LETTERS = Counter("checkout_dead_letters",
+                       "Messages sent to a dead-letter topic, by source topic and stage "
+                       "(handle, parse, compensation).", ["topic", "stage"], registry=REGISTRY)
+CONSUMER_LAG = Gauge("checkout_consumer_lag_messages",
+                     "Approximate consumer lag (high watermark minus committed offset) from "
+                     "librdkafka statistics; approximate: the embedded broker's high watermark "
+                     "is unreliable.", ["worker", "topic", "partition"], registry=REGISTRY)
+OUTBOX_PUBLISHED = Counter("checkout_outbox_published", "Outbox rows published, by schema.",
+                           ["schema"], registry=REGISTRY)
+OUTBOX_LAG = Gauge("checkout_outbox_lag_seconds",
+                   "Age of the oldest outbox row at the relay's last pass (0: empty), by schema.",
+                   ["schema"], registry=REGISTRY)
+OUTBOX_DELAY = Histogram("checkout_outbox_delay_seconds",
+                         "From the transaction that wrote an outbox row to its publication.",
+                         ["schema"], buckets=_FAST_BUCKETS, registry=REGISTRY)
+
+# ---- inventory ------------------------------------------------------------------
+HOLDS_LIVE = Gauge("checkout_holds_live", "Active stock holds; sampled by the timers role.",
+                   registry=REGISTRY)
+READY = Gauge("checkout_worker_ready", "1 once the worker's consumers are built.",
+              registry=REGISTRY)
+
+
+# ---- hooks ----------------------------------------------------------------------
+
+
+def observe_handled(worker: str, topic: str, seconds: float) -> None:
+    HANDLED.labels(worker, topic).inc()
+    HANDLE_SECONDS.labels(worker).observe(seconds)
+
+
+def count_dead_letters(messages: Iterable[Any]) -> None:
+    """Count outgoing messages bound for a ``.dlq`` topic (outbox rows)."""
+    for m in messages:
+        if m.topic.endswith(".dlq"):
+            headers = m.headers or {}
+            DEAD_LETTERS.labels(headers.get("dlq.source.topic", m.topic[:-4]),
+                                headers.get("dlq.stage", "handle")).inc()
+
+
+def observe_outbox(schema: str, ages: Sequence[float]) -> None:
+    if ages:
+        OUTBOX_PUBLISHED.labels(schema).inc(len(ages))
+        for age in ages:
+            OUTBOX_DELAY.labels(schema).observe(max(0.0, age))
+    OUTBOX_LAG.labels(schema).set(max(ages, default=0.0))
+
+
+def lag_statistics(worker: str, interval_ms: int = 5000) -> dict[str, Any]:
+    """Consumer settings that make librdkafka report lag every ``interval_ms``."""
+
+    def on_stats(raw: str) -> None:
+        try:
+            stats = json.loads(raw)
+            for topic, tdata in stats.get("topics", {}).items():
+                for part, pdata in tdata.get("partitions", {}).items():
+                    if part == "-1":
+                        continue
+                    lag = pdata.get("consumer_lag", -1)
+                    if lag >= 0:
+                        CONSUMER_LAG.labels(worker, topic, part).set(lag)
+                    else:
+                        with contextlib.suppress(KeyError):
+                            CONSUMER_LAG.remove(worker, topic, part)
+        except (ValueError, AttributeError, TypeError) as exc:
+            log.debug("unreadable librdkafka statistics: %s", exc)
+
+    return {"statistics.interval.ms": interval_ms, "stats_cb": on_stats}
+
+
+_ANSWERS = {"succeeded": "succeeded", "failed": "failed", "compensated": "compensated"}
+
+
+class StepClock:
+    """When this process last sent each saga step's command, so the answer
+    can be timed without a database round trip. Only for metrics and spans:
+    an answer handled by another process than the one that sent the command
+    (a timer's re-send) is simply not timed. Bounded: the oldest are dropped."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self._sent: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._limit = limit
+
+    def sent(self, session_id: str, step: str) -> None:
+        key = (session_id, step)
+        self._sent.pop(key, None)
+        self._sent[key] = time.monotonic()
+        while len(self._sent) > self._limit:
+            self._sent.popitem(last=False)
+
+    def answered(self, session_id: str, step: str) -> float | None:
+        at = self._sent.pop((session_id, step), None)
+        return None if at is None else time.monotonic() - at
+
+
+STEP_CLOCK = StepClock()
+
+
+def observe_decision(decision: Decision, saga_traceparent: str | None = None) -> None:
+    """Count what one coordinator decision did, from its step-log entries, and
+    time every step it answered (a histogram and a span per step). Called after
+    the decision's write succeeded."""
+    state = decision.state
+    session = state.session_id
+    for e in decision.log:
+        if e.step == "-":
+            if e.kind == "started":
+                SAGAS_STARTED.inc()
+            elif e.kind == "succeeded":
+                SAGAS_SUCCEEDED.inc()
+            elif e.kind == "failed":
+                SAGAS_FAILED.labels(state.failure.reason if state.failure else "UNKNOWN").inc()
+            continue
+        if e.kind == "compensated":
+            COMPENSATIONS.labels(e.step).inc()
+        elif e.kind == "timeout":
+            STEP_TIMEOUTS.labels(e.step).inc()
+        elif e.kind == "dead-letter":
+            COMPENSATIONS_DEAD.labels(e.step).inc()
+        outcome = _ANSWERS.get(e.kind)
+        if outcome is None:
+            continue
+        seconds = STEP_CLOCK.answered(session, e.step)
+        if seconds is not None:
+            STEP_SECONDS.labels(e.step, outcome).observe(seconds)
+            from checkout_saga import tracing  # tracing imports this module
+
+            tracing.record_step(e.step, outcome, session, seconds, saga_traceparent)
+    for effect in decision.effects:
+        if isinstance(effect, SendCommand):
+            STEP_CLOCK.sent(session, effect.step)
+
+
+async def sample_gauges(inventory: asyncpg.Pool | None, saga: asyncpg.Pool | None) -> int:
+    """The gauges that come from a query (timers role). Returns 0: never busy."""
+    if inventory is not None:
+        HOLDS_LIVE.set(await inventory.fetchval(
+            "SELECT count(*) FROM inventory.holds WHERE status = 'ACTIVE'"))
+    if saga is not None:
+        rows = await saga.fetch(
+            "SELECT CASE WHEN (state->>'stuck')::boolean THEN 'STUCK' ELSE status END AS status, "
+            "count(*) AS n FROM saga.instances WHERE status IN ('RUNNING', 'COMPENSATING') "
+            "GROUP BY 1"
+        )
+        found = {r["status"]: r["n"] for r in rows}
+        for status in ("RUNNING", "COMPENSATING", "STUCK"):
+            SAGAS_IN_FLIGHT.labels(status).set(found.get(status, 0))
+    return 0
+
+
+# ---- liveness and the HTTP server -------------------------------------------------
+
+
+class Heartbeat:
+    """Written by the event loop every ``interval``; read by the server thread."""
+
+    def __init__(self, interval: float = 1.0, stale_after: float = 15.0) -> None:
+        self.interval = interval
+        self.stale_after = stale_after
+        self.last = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.last < self.stale_after
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.last = time.monotonic()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)
+
+
+class MetricsServer:
+    def __init__(self, host: str, port: int, ready: Callable[[], bool],
+                 alive: Callable[[], bool]) -> None:
+        self._ready = ready
+        self._alive = alive
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+        self._port_file: Path | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self._server.server_address[0]
+        return f"http://{host}:{self.port}"
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok = server._alive()
+                    self._reply(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
+                elif path == "/readyz":
+                    ok = server._alive() and server._ready()
+                    self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                else:
+                    self._reply(404, b"not found\n")
+
+            def _reply(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # scrapes every few seconds would drown the log
+
+        return Handler
+
+    def start(self, port_dir: Path | None = None, **about: Any) -> MetricsServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
+                                        daemon=True)
+        self._thread.start()
+        log.info("metrics on %s/metrics (health %s/healthz, readiness %s/readyz)",
+                 self.url, self.url, self.url)
+        if port_dir is not None:
+            port_dir.mkdir(parents=True, exist_ok=True)
+            self._port_file = port_dir / f"{os.getpid()}.json"
+            self._port_file.write_text(json.dumps(
+                {"pid": os.getpid(), "url": self.url, "port": self.port, **about}))
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._port_file is not None:
+            self._port_file.unlink(missing_ok=True)
+
+
+def port_dir(data_dir: Path) -> Path:
+    """Where each worker writes ``<pid>.json`` with its metrics URL."""
+    return data_dir / "metrics"
+
+
+class WorkerObserver:
+    """What a worker process runs for its operators: the metrics server and
+    the event loop's heartbeat. ``start`` inside the running loop; ``stop``
+    when the worker stops."""
+
+    def __init__(self, server: MetricsServer | None, heartbeat: asyncio.Task[None] | None,
+                 stop_beat: asyncio.Event) -> None:
+        self.server = server
+        self._heartbeat = heartbeat
+        self._stop_beat = stop_beat
+
+    @classmethod
+    def start(cls, host: str, port: int, data_dir: Path, ready: Callable[[], bool],
+              **about: Any) -> WorkerObserver:
+        stop_beat = asyncio.Event()
+        if port < 0:
+            return cls(None, None, stop_beat)
+        beat = Heartbeat()
+
+        def is_ready() -> bool:
+            ok = ready()
+            READY.set(1 if ok else 0)
+            return ok
+
+        server = MetricsServer(host, port, is_ready, beat.alive).start(port_dir(data_dir), **about)
+        return cls(server, asyncio.get_running_loop().create_task(beat.run(stop_beat)), stop_beat)
+
+    def stop(self) -> None:
+        self._stop_beat.set()
+        if self.server is not None:
+            self.server.stop()

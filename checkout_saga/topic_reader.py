@@ -1,0 +1,100 @@
+"""Read a whole topic from the beginning, as an outside client would.
+
+Used by ``verify`` (every ``OrderConfirmed`` ever published) and ``dlq``
+(every dead letter). A fresh consumer is *assigned* every partition at offset
+0: no group join, no committed offsets touched.
+
+Where a partition ends: the high watermark is not trusted alone (the embedded
+tansu broker under-reports it when the last batch held several records), so
+reading goes on until every partition has reached its watermark *and*
+nothing new arrived for ``idle`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+
+class TopicUnavailable(RuntimeError):
+    """The topic does not exist or the broker did not answer."""
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    value: bytes
+    headers: dict[str, str]
+
+
+def _record(msg: Message) -> Record:
+    key = msg.key()
+    return Record(
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        timestamp_ms=msg.timestamp()[1],
+        key=key.decode("utf-8", "replace") if key is not None else None,
+        value=msg.value() or b"",
+        headers={k: (v.decode("utf-8", "replace") if v is not None else "")
+                 for k, v in (msg.headers() or [])},
+    )
+
+
+def partitions_of(consumer: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        raise TopicUnavailable(f"{topic}: {exc}") from exc
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise TopicUnavailable(f"topic {topic} does not exist")
+    return sorted(meta.partitions)
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    idle: float = 0.5,
+    timeout: float = 120.0,
+    extra: dict[str, Any] | None = None,
+) -> list[Record]:
+    """Every record of ``topic``, in partition then offset order."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "checkout-saga.reader",  # never joined nor committed: assign() only
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "fetch.wait.max.ms": 10,
+        **(extra or {}),
+    })
+    try:
+        parts = partitions_of(consumer, topic)
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
+                for p in parts}
+        next_offset = {p: 0 for p in parts}
+        out: list[Record] = []
+        last_seen = time.monotonic()
+        deadline = last_seen + timeout
+        while time.monotonic() < deadline:
+            got = [m for m in consumer.consume(1000, 0.05) if m.error() is None]
+            now = time.monotonic()
+            for msg in got:
+                out.append(_record(msg))
+                next_offset[msg.partition()] = msg.offset() + 1
+            if got:
+                last_seen = now
+            elif all(next_offset[p] >= ends[p] for p in parts) and now - last_seen >= idle:
+                break
+        out.sort(key=lambda r: (r.partition, r.offset))
+        return out
+    finally:
+        consumer.close()
