@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import faust
 from faust.types import EventT
@@ -60,6 +61,8 @@ class Analytics:
         self.options = options
         self.sinks = Sinks(settings, options.stuck_after_seconds)
         self.processed = 0
+        # SKUs inventory does not know: not asked again before this time.
+        self._unknown_until: dict[str, float] = {}
         self.started_at = time.time()
         self.app = self._app()
         self._tables()
@@ -125,7 +128,7 @@ class Analytics:
             async for event in stream.events():
                 await self.on_event(event)
 
-    async def on_event(self, event: EventT) -> None:
+    async def on_event(self, event: EventT[bytes]) -> None:
         msg = event.message
         fact = stats.parse(msg.topic, msg.value, float(msg.timestamp))
         self.processed += 1
@@ -179,9 +182,11 @@ class Analytics:
         rate = stats.rate_per_minute(count, self.options.hot_window_seconds)
         if rate < self.options.hot_per_minute or sku in self.hot:
             return
+        if self._unknown_until.get(sku, 0.0) > time.monotonic():
+            return
         try:
             known = await self.sinks.mark_hot(sku)
-        except Exception as exc:  # noqa: BLE001 - analytics never stop on a database outage
+        except Exception as exc:
             if not is_transient(exc):
                 raise
             log.warning("could not mark %s hot (will try again): %s", sku, exc)
@@ -189,6 +194,10 @@ class Analytics:
         if known:
             log.info("marked SKU %s hot at %.0f requests/minute", sku, rate)
             self.hot[sku] = {"at": time.time(), "rate": rate}
+        else:
+            self._unknown_until[sku] = time.monotonic() + self.options.hot_window_seconds
+            if len(self._unknown_until) > 10_000:  # bounded: forget the oldest
+                self._unknown_until.pop(next(iter(self._unknown_until)))
 
     # ---- the dashboard ---------------------------------------------------------
 
@@ -208,7 +217,8 @@ class Analytics:
             "window_seconds": o.window_seconds,
             "refresh_ms": o.refresh_ms,
             "processed_since_start": self.processed,
-            "series": stats.series(windowed_items(self.outcomes), now - 30 * 60),
+            "series": stats.series(windowed_items(self.outcomes), now - 30 * o.window_seconds,
+                                   o.window_seconds, now),
             "totals": stats.totals(windowed_items(self.outcomes), hour),
             "reasons": stats.totals(windowed_items(self.reasons), hour),
             "latency": stats.latency(windowed_items(self.latency), now - 15 * 60),
@@ -256,14 +266,14 @@ class Analytics:
         async def close(app: faust.App, **_: Any) -> None:
             await analytics.sinks.close()
 
-        self.app.on_before_shutdown.connect(close)
+        self.app.on_before_shutdown.connect(close)  # type: ignore[arg-type]
 
 
 def _plain(value: Mapping[str, Any] | Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {"value": value}
 
 
-_HANDLERS = {
+_HANDLERS: dict[type, Callable[[Analytics, Any], Awaitable[None]]] = {
     stats.Requested: Analytics.on_requested,
     stats.Finished: Analytics.on_finished,
     stats.OrderEvent: Analytics.on_order_event,

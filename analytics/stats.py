@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_left
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from schemas.contract import CHECKOUT_REQUESTED, CHECKOUT_RESULTS, ORDERS_CONFIRMED, ORDERS_EVENTS
 
@@ -138,9 +139,16 @@ def percentile(hist: Mapping[str, int], q: float) -> float | None:
 Windowed = Mapping[tuple[str, float], Any]  # (key, window start) -> value
 
 
-def series(outcomes: Windowed, since: float) -> list[dict[str, Any]]:
-    """Checkouts per window by outcome, and the conversion, oldest first."""
+def series(outcomes: Windowed, since: float, window: float | None = None,
+           until: float | None = None) -> list[dict[str, Any]]:
+    """Checkouts per window by outcome, and the conversion, oldest first. With
+    ``window`` and ``until``, windows without a checkout count as zero from the
+    first one with data, so the time axis has no holes."""
     starts = sorted({start for (_, start) in outcomes if start >= since})
+    if starts and window and until is not None:
+        last = max(starts[-1], until - until % window)
+        steps = round((last - starts[0]) / window)
+        starts = [starts[0] + i * window for i in range(steps + 1)]
     rows = []
     for start in starts:
         ok = int(outcomes.get((SUCCEEDED, start), 0))

@@ -7,9 +7,10 @@ Registered on the main app by ``checkout_saga.cli`` (``register``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -115,8 +116,8 @@ def saga_heading(found: Mapping[str, Any]) -> Text:
 
 
 def saga_graph(
-    session_id: Optional[str] = typer.Argument(None, help="Mark this checkout's progress."),
-    version: Optional[int] = typer.Option(None, "--version", help="Definition version (default: current)."),
+    session_id: str | None = typer.Argument(None, help="Mark this checkout's progress."),
+    version: int | None = typer.Option(None, "--version", help="Definition version (default: current)."),
 ) -> None:
     """The saga definition as a Mermaid flowchart; with SESSION_ID, that saga's progress marked."""
     from checkout_saga import cli
@@ -141,8 +142,8 @@ def saga_graph(
 
 
 def analytics(
-    host: Optional[str] = typer.Option(None, "--host", help="Dashboard address (CHECKOUT_ANALYTICS_HOST)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Dashboard port (CHECKOUT_ANALYTICS_PORT)."),
+    host: str | None = typer.Option(None, "--host", help="Dashboard address (CHECKOUT_ANALYTICS_HOST)."),
+    port: int | None = typer.Option(None, "--port", help="Dashboard port (CHECKOUT_ANALYTICS_PORT)."),
 ) -> None:
     """Run the analytics app (faust) and its live dashboard at http://HOST:PORT/.
 

@@ -19,6 +19,9 @@ from typing import Any
 from opentelemetry import trace
 
 SESSION_ID: ContextVar[str | None] = ContextVar("checkout_session_id", default=None)
+# (trace id, span id, flags) of the message in hand when spans are not
+# exported (``tracing`` keeps it here: cheaper than an OpenTelemetry span).
+TRACE: ContextVar[tuple[int, int, int] | None] = ContextVar("checkout_trace", default=None)
 
 # Attributes every LogRecord has: anything else was passed with ``extra=``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -35,10 +38,13 @@ class JsonFormatter(logging.Formatter):
         session = getattr(record, "checkout_session_id", None) or SESSION_ID.get()
         if session:
             out["checkout_session_id"] = session
-        ctx = trace.get_current_span().get_span_context()
-        if ctx.is_valid:
-            out["trace_id"] = format(ctx.trace_id, "032x")
-            out["span_id"] = format(ctx.span_id, "016x")
+        ids = TRACE.get()
+        if ids is None:
+            ctx = trace.get_current_span().get_span_context()
+            ids = (ctx.trace_id, ctx.span_id, 0) if ctx.is_valid else None
+        if ids is not None:
+            out["trace_id"] = format(ids[0], "032x")
+            out["span_id"] = format(ids[1], "016x")
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in out:
                 out[key] = value

@@ -20,6 +20,7 @@ import redis.asyncio
 from confluent_kafka import Message
 
 from checkout_saga import metrics
+from checkout_saga.metrics_server import WorkerObserver
 from checkout_saga.db import create_pool, migrate
 from checkout_saga.errors import PermanentError, is_transient
 from checkout_saga.kafka import AsyncProducer, consumer_config, producer_config
@@ -155,10 +156,11 @@ class Runtime:
         """orders.requests, fulfillment.events and orders.replies for the orders
         role, and the timer that re-sends unanswered settlement commands."""
         s = self.settings
+        retry_after = s.checkout_step_timeout_seconds
         pool, relay = await self.pool("orders"), await self.relay("orders")
         tasks.append(_every(s.checkout_sweep_interval_seconds, "order settlements",
-                            lambda: settlement.resend_due(pool, relay, s.checkout_step_timeout_seconds)))
-        return OrderEvents(pool, relay, s.checkout_step_timeout_seconds).routes()
+                            lambda: settlement.resend_due(pool, relay, retry_after)))
+        return OrderEvents(pool, relay, retry_after).routes()
 
     async def build(self) -> list[Task]:
         s = self.settings
@@ -211,7 +213,7 @@ class Runtime:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         # /metrics, /healthz and /readyz from the start: ready once the consumers are built.
-        observer = metrics.WorkerObserver.start(
+        observer = WorkerObserver.start(
             s.checkout_metrics_host, s.checkout_metrics_port, s.checkout_data_dir,
             self.ready.is_set, roles=list(self.roles),
         )
@@ -248,7 +250,7 @@ class Runtime:
 
 def _route_by_topic(by_topic: Mapping[str, Handler]) -> Handler:
     async def handle(msg: Message) -> None:
-        handler = by_topic.get(msg.topic())
+        handler = by_topic.get(msg.topic() or "")
         if handler is None:
             raise PermanentError(f"this consumer does not handle topic {msg.topic()}")
         await handler(msg)

@@ -10,11 +10,11 @@ partitions while sagas are in flight (see docs/operations.md, "Sizing").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from checkout_saga.settings import Settings
 from checkout_saga.topics import CONSUMED, EXTERNAL, INTERNAL, dlq_topic

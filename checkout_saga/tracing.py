@@ -14,9 +14,10 @@ How the trace travels:
 - when a step is answered the coordinator records a span for the whole step,
   from its command to its answer (``record_step``).
 
-Export is off by default (``CHECKOUT_OTEL_EXPORTER=none``): spans are then
-not recorded at all (an always-off sampler), yet ids are still made and
-propagated, so logs carry trace ids for free. ``console`` prints spans,
+Export is off by default (``CHECKOUT_OTEL_EXPORTER=none``): no span is then
+made at all, yet the trace id is still read, made and propagated (kept in
+``logs.TRACE``, ~5 us a message), so logs carry trace ids for free. The SDK's
+span machinery costs ~40 us a message: paid only when spans are exported. ``console`` prints spans,
 ``otlp`` sends them over OTLP/HTTP (``pip install checkout-saga[otlp]``;
 endpoint from the standard ``OTEL_EXPORTER_OTLP_*`` variables). Tests pass
 their own exporter (the in-memory one) to ``configure``.
@@ -26,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
-from typing import Any, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 from confluent_kafka import Message
 from opentelemetry import context as otel_context
@@ -54,7 +57,7 @@ TRACEPARENT = "traceparent"
 SAGA_CONTEXT_KEY = "traceparent"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_state: dict[str, Any] = {"provider": None, "tracer": None}
+_state: dict[str, Any] = {"provider": None, "tracer": None, "exporting": False}
 
 Handler = Callable[[Message], Awaitable[None]]
 
@@ -82,7 +85,7 @@ def configure(
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     elif exporter == "otlp":
         provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
-    _state.update(provider=provider, tracer=provider.get_tracer("checkout_saga"))
+    _state.update(provider=provider, tracer=provider.get_tracer("checkout_saga"), exporting=exporting)
     if old is not None:
         old.shutdown()
 
@@ -94,7 +97,8 @@ def _otlp_exporter() -> SpanExporter:
         raise RuntimeError(
             "CHECKOUT_OTEL_EXPORTER=otlp needs the OTLP exporter: pip install 'checkout-saga[otlp]'"
         ) from exc
-    return OTLPSpanExporter()  # type: ignore[no-any-return]
+    exporter: SpanExporter = OTLPSpanExporter()
+    return exporter
 
 
 def shutdown() -> None:
@@ -102,7 +106,7 @@ def shutdown() -> None:
     provider = _state["provider"]
     if provider is not None:
         provider.shutdown()
-        _state.update(provider=None, tracer=None)
+        _state.update(provider=None, tracer=None, exporting=False)
 
 
 def tracer() -> trace.Tracer:
@@ -114,26 +118,67 @@ def tracer() -> trace.Tracer:
 # ---- carrying the context in headers -------------------------------------------------
 
 
+def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
+    """(trace id, parent id, flags) of a W3C ``traceparent``
+    (``00-<trace id>-<parent id>-<flags>``); None when absent or malformed."""
+    parts = value.split("-") if value else ()
+    if len(parts) < 4 or parts[0] == "ff" or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        ids = (int(parts[1], 16), int(parts[2], 16), int(parts[3][:2], 16))
+    except ValueError:
+        return None
+    return ids if ids[0] and ids[1] else None
+
+
+def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
+def current_traceparent() -> str | None:
+    ids = logs.TRACE.get()
+    if ids is not None:
+        return format_traceparent(*ids)
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    if _state["exporting"]:  # the propagator also carries tracestate
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        return carrier.get(TRACEPARENT)
+    return format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
+
+
 def inject(headers: Mapping[str, str]) -> dict[str, str]:
     """``headers`` plus the current span's ``traceparent`` (one already there wins)."""
     out = dict(headers)
     if TRACEPARENT not in out:
-        _PROPAGATOR.inject(out)
+        traceparent = current_traceparent()
+        if traceparent:
+            out[TRACEPARENT] = traceparent
     return out
-
-
-def current_traceparent() -> str | None:
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier)
-    return carrier.get(TRACEPARENT)
 
 
 def _message_headers(msg: Message) -> dict[str, str]:
     out: dict[str, str] = {}
-    for key, value in msg.headers() or ():
+    for item in msg.headers() or ():
+        key, value = item[0], item[1]
         if key in (TRACEPARENT, "tracestate") and value is not None:
             out[key] = value.decode("latin-1") if isinstance(value, bytes) else str(value)
     return out
+
+
+@contextlib.contextmanager
+def _untraced(parent: tuple[int, int, int] | None) -> Iterator[None]:
+    """Export off: the trace of ``parent`` (or a new one) with a span id of
+    our own, current for the block, so logs and outgoing headers carry it."""
+    span_id = random.getrandbits(64) or 1
+    ids = (random.getrandbits(128) or 1, span_id, 0) if parent is None else (parent[0], span_id, parent[2])
+    token = logs.TRACE.set(ids)
+    try:
+        yield
+    finally:
+        logs.TRACE.reset(token)
 
 
 def instrument(worker: str, handler: Handler) -> Handler:
@@ -143,8 +188,18 @@ def instrument(worker: str, handler: Handler) -> Handler:
     async def handle(msg: Message) -> None:
         key = msg.key()
         session = key.decode("utf-8", "replace") if key else None
+        if not _state["exporting"]:
+            token = logs.SESSION_ID.set(session)
+            started = time.perf_counter()
+            try:
+                with _untraced(parse_traceparent(_message_headers(msg).get(TRACEPARENT))):
+                    await handler(msg)
+            finally:
+                logs.SESSION_ID.reset(token)
+            metrics.observe_handled(worker, msg.topic() or "", time.perf_counter() - started)
+            return
         parent = _PROPAGATOR.extract(_message_headers(msg))
-        attributes = {
+        attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
             "messaging.operation": "process",
             "messaging.destination.name": msg.topic() or "",
@@ -171,8 +226,15 @@ def instrument(worker: str, handler: Handler) -> Handler:
 def resumed(traceparent: str | None, name: str, session_id: str) -> Iterator[None]:
     """Work on a saga without a message in hand (a deadline): continue the
     checkout's trace from the ``traceparent`` kept in the saga's context."""
-    parent = _PROPAGATOR.extract({TRACEPARENT: traceparent} if traceparent else {})
     token = logs.SESSION_ID.set(session_id)
+    if not _state["exporting"]:
+        try:
+            with _untraced(parse_traceparent(traceparent)):
+                yield
+        finally:
+            logs.SESSION_ID.reset(token)
+        return
+    parent = _PROPAGATOR.extract({TRACEPARENT: traceparent} if traceparent else {})
     try:
         with tracer().start_as_current_span(
             name, context=parent, kind=SpanKind.INTERNAL,
@@ -188,6 +250,8 @@ def record_step(
 ) -> None:
     """A span for one saga step, from its command to its answer. Its parent is
     the checkout's request span; it links to the span that handled the answer."""
+    if not _state["exporting"]:
+        return
     here = trace.get_current_span().get_span_context()
     parent = (
         _PROPAGATOR.extract({TRACEPARENT: saga_traceparent}) if saga_traceparent

@@ -140,7 +140,9 @@ class Coordinator:
 
     async def feed(self, session_id: str, event: SagaEvent) -> Decision:
         """Decide on one event and carry the decision out; returns it (operators read it)."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        # No explicit transaction: _apply writes the row, its log and its
+        # outbox rows in one statement guarded by the version we read.
+        async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT state, version FROM saga.instances WHERE checkout_session_id = $1",
                 session_id,

@@ -12,8 +12,8 @@ have happened); after the pivot a step only goes forward, retrying.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from saga.definition import OnTimeout, SagaDefinition
 

@@ -162,3 +162,18 @@ async def scratch_database(stack: Stack):  # type: ignore[no-untyped-def]
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+@pytest.fixture
+def own_workdir() -> Iterator[Path]:
+    """A folder for a stack of the test's own, outside pytest's temp tree: pytest
+    resets that tree's root to 0700 whenever a pytest run starts, which would lock
+    the embedded PostgreSQL (another user) out of its data folder mid-test."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="checkout-saga-own-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

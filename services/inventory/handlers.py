@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import asyncpg
 
-from checkout_saga.errors import TransientError
+from checkout_saga.errors import TransientError, is_transient
 from checkout_saga.service import Outcome, Route, failed, ok
 from checkout_saga.topics import ORDERS_REPLIES
 from schemas.contract import LineItem
@@ -74,7 +74,8 @@ class InventoryHandlers:
         assert isinstance(cmd, ReleaseStock)
         held = await store.end_holds(conn, cmd.checkout_session_id, "RELEASED")
         await store.move_held(conn, held, "available")
-        await self._give_back(cmd.checkout_session_id, sorted(held))
+        # Only a hot SKU can have holders (turning a SKU off drops them).
+        await self._give_back(cmd.checkout_session_id, sorted(await self._hot_among(conn, held)))
         return Outcome(ok(cmd, released=held))
 
     async def commit_stock(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
@@ -90,7 +91,8 @@ class InventoryHandlers:
                 held = await store.end_holds(conn, session, "COMMITTED")
                 regained = [Line(line.sku, line.quantity - held.get(line.sku, 0), line.unit_price)
                             for line in lines if held.get(line.sku, 0) < line.quantity]
-                hot = await self._hot_lines(conn, regained)
+                hot_skus = await self._hot_among(conn, [line.sku for line in lines])
+                hot = [line for line in in_sku_order(regained) if line.sku in hot_skus]
                 if hot:
                     answer = await self._admit(conn, session, hot)
                     if answer.admission is Admission.SHORT:
@@ -99,8 +101,8 @@ class InventoryHandlers:
                 if not await store.settle(conn, held, lines):
                     await self._give_back(session, [line.sku for line in hot])
                     raise _Short()
-                if self._gate is not None:  # the gate's units are sold now
-                    await self._gate.forget(session, sorted({line.sku for line in lines}))
+                if self._gate is not None and hot_skus:  # the gate's units are sold now
+                    await self._gate.forget(session, sorted(hot_skus))
                 return Outcome(ok(cmd, rehold=[line.sku for line in regained]))
         except _Short:
             available = await store.available(conn, [line.sku for line in lines])
@@ -132,15 +134,22 @@ class InventoryHandlers:
         """Count this reservation per cold SKU; the SKUs that just turned hot."""
         if self._gate is None or not cold or self._config.threshold <= 0:
             return set()
-        counts = await self._gate.count_reservations(
-            [line.sku for line in cold], self._config.window_seconds)
+        try:
+            counts = await self._gate.count_reservations(
+                [line.sku for line in cold], self._config.window_seconds)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Cold carts must not wait for Redis: detection just misses this one.
+            log.debug("reservation rate not counted (Redis away): %s", exc)
+            return set()
         return newly_hot(counts, self._config)
 
-    async def _hot_lines(self, conn: asyncpg.Connection, lines: list[Line]) -> list[Line]:
-        if self._gate is None or not lines:
-            return []
-        catalogue = await store.catalogue(conn, [line.sku for line in lines])
-        return split_hot(lines, {sku: flag for sku, (_, flag) in catalogue.items()})[0]
+    async def _hot_among(self, conn: asyncpg.Connection, skus: Iterable[str]) -> set[str]:
+        wanted = sorted(set(skus))
+        if self._gate is None or not wanted:
+            return set()
+        return await store.hot_among(conn, wanted)
 
     async def restock_order(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
         """A cancelled or returned order's units go back on sale (sold -> available)."""
@@ -149,8 +158,9 @@ class InventoryHandlers:
         missing = sorted({i.sku for i in cmd.items} - restocked.keys())
         if missing:  # the books moved under us (an operator); say so, never go negative
             log.warning("restock of order %s: no sold units left for %s", cmd.order_id, missing)
-        if self._gate is not None:  # hot counters get the units too (cold ones have none)
-            await self._gate.put_back(restocked)
+        hot = await self._hot_among(conn, restocked)
+        if self._gate is not None and hot:  # hot counters get the units too
+            await self._gate.put_back({sku: restocked[sku] for sku in hot})
         return Outcome(ok(cmd, restocked=restocked, not_restocked=missing))
 
     def routes(self) -> Mapping[type[Command], Route]:
@@ -160,7 +170,6 @@ class InventoryHandlers:
             CommitStock: Route(self.commit_stock),
             RestockOrder: Route(self.restock_order, reply_topic=ORDERS_REPLIES),
         }
-
 
 
 class _Short(Exception):

@@ -182,6 +182,13 @@ async def set_hot(conn: asyncpg.Connection, sku: str, hot: bool) -> bool:
     return bool(status == "UPDATE 1")
 
 
+async def hot_among(conn: asyncpg.Connection, skus: list[str]) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT sku FROM inventory.products WHERE sku = ANY($1::text[]) AND hot", skus
+    )
+    return {r["sku"] for r in rows}
+
+
 async def hot_skus(conn: asyncpg.Connection) -> list[str]:
     rows = await conn.fetch("SELECT sku FROM inventory.products WHERE hot ORDER BY sku")
     return [r["sku"] for r in rows]

@@ -20,7 +20,7 @@ it to ``<topic>.dlq`` and moves on.
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from confluent_kafka import Message
@@ -31,7 +31,15 @@ from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message
 from checkout_saga.outbox import OutboxRelay, enqueue
 from checkout_saga.topics import FULFILLMENT_EVENTS, ORDERS_EVENTS, ORDERS_REPLIES, ORDERS_REQUESTS
-from schemas.contract import TOPIC_EVENT_TYPES, OrderRequestRejected
+from schemas.contract import (
+    TOPIC_EVENT_TYPES,
+    CancelOrderRequested,
+    OrderDelivered,
+    OrderRequestRejected,
+    OrderShipped,
+    ReturnReceived,
+    ReturnRequested,
+)
 from schemas.envelope import InvalidEvent, parse_event
 from schemas.internal import REPLY_TYPE, CommandReply
 from services.orders import settlement, store
@@ -46,6 +54,14 @@ SCHEMA = "orders"
 MAX_REREADS = 10
 
 Handler = Callable[[Message], Awaitable[None]]
+OrderEvent = CancelOrderRequested | ReturnRequested | OrderShipped | OrderDelivered | ReturnReceived
+
+
+def ids(data: BaseModel) -> tuple[str, str]:
+    """The order id and checkout session id every order event carries."""
+    if not isinstance(data, OrderEvent):
+        raise PermanentError(f"{type(data).__name__} is not an order event")
+    return data.order_id, data.checkout_session_id
 
 
 class OrderEvents:
@@ -63,7 +79,7 @@ class OrderEvents:
         }
 
     async def handle_event(self, msg: Message) -> None:
-        topic = msg.topic()
+        topic = msg.topic() or ""
         try:
             event, data = parse_event(msg.value() or b"", TOPIC_EVENT_TYPES[topic])
         except InvalidEvent as exc:
@@ -72,7 +88,7 @@ class OrderEvents:
             fresh = await conn.fetchval(
                 "INSERT INTO orders.event_inbox (event_id, topic, type, order_id) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
-                event.id, topic, event.type, getattr(data, "order_id", None),
+                event.id, topic, event.type, ids(data)[0],
             )
             if not fresh:
                 log.info("%s %s (id %s) already handled: duplicate ignored", topic, event.type,
@@ -83,8 +99,7 @@ class OrderEvents:
 
     async def apply(self, conn: asyncpg.Connection, data: BaseModel) -> list[OutgoingMessage]:
         """Judge the event against the order as it is now; on a lost race, re-read."""
-        order_id: str = getattr(data, "order_id")
-        session_id: str = getattr(data, "checkout_session_id")
+        order_id, session_id = ids(data)
         for _ in range(MAX_REREADS):
             order = await store.by_id(conn, order_id)
             if order is None or order["checkout_session_id"] != session_id:
@@ -119,9 +134,9 @@ class OrderEvents:
 
     def _rejected(self, data: BaseModel, verdict: Reject) -> OutgoingMessage:
         log.warning("%s (%s)", verdict.detail, verdict.reason)
-        sid: str = getattr(data, "checkout_session_id")
+        order_id, sid = ids(data)
         rejected = OrderRequestRejected(
-            order_id=getattr(data, "order_id"), checkout_session_id=sid,
+            order_id=order_id, checkout_session_id=sid,
             reason=verdict.reason.value, detail=verdict.detail,
         )
         return event_message(ORDERS_EVENTS, "OrderRequestRejected", SOURCE, sid, rejected)

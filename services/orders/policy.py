@@ -18,9 +18,9 @@ Everything else is refused and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Callable, Mapping
 
 from pydantic import BaseModel
 
@@ -97,8 +97,8 @@ RULES: Mapping[type[BaseModel], Rule] = {
          "its checkout is still running; a cancel is possible once it is confirmed"),
         (CANCELLED, RejectReason.ORDER_CANCELLED, "the order is already cancelled"),
         (AFTER_SHIPMENT, RejectReason.ALREADY_SHIPPED,
-         "the order has shipped and can no longer be cancelled; ask for a return once it "
-         "is delivered"),
+         ("the order has shipped and can no longer be cancelled; ask for a return once it "
+          "is delivered")),
     )),
     ReturnRequested: Rule(S.DELIVERED, S.RETURN_INITIATED, None, (
         (RETURNING, RejectReason.RETURN_ALREADY_REQUESTED, "a return is already under way"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 

@@ -15,8 +15,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from checkout_saga.service import Outcome, Route, failed, ok
 from checkout_saga.topics import ORDERS_REPLIES
-from schemas.internal import AuthorizePayment, CapturePayment, Command, CommandReply, VoidPayment
-from schemas.internal import RefundPayment
+from schemas.internal import (
+    AuthorizePayment,
+    CapturePayment,
+    Command,
+    CommandReply,
+    RefundPayment,
+    VoidPayment,
+)
 from services.payment.gateway import (
     Approved,
     Authorization,

@@ -29,6 +29,7 @@ from checkout_saga.chaos import (
     wait_quiet,
 )
 from checkout_saga.client import Cart, checkout_request
+from checkout_saga.runtime import prepare
 from checkout_saga.settings import Settings
 from checkout_saga.stack import EmbeddedStack
 from checkout_saga.supervisor import Supervisor, settings_env
@@ -45,12 +46,12 @@ def failing_checks(verified: dict) -> list[dict]:  # type: ignore[type-arg]
     return [c for c in verified["checks"] if c["status"] not in ("ok", "skipped")]
 
 
-def test_chaos_storm_every_saga_ends_and_the_guarantees_hold(tmp_path: Path) -> None:
+def test_chaos_storm_every_saga_ends_and_the_guarantees_hold(own_workdir: Path) -> None:
     plan = ChaosPlan(checkouts=120, kills=4, per_role=1, postgres_restarts=1, redis_restarts=1,
                      duration=8.0, seed=11, result_timeout=90.0)
-    report = run_chaos(tmp_path, plan, base_env())
+    report = run_chaos(own_workdir, plan, base_env())
     figures = {k: v for k, v in report.as_json().items() if k not in ("verify", "wrong")}
-    (tmp_path / "chaos-report.json").write_text(json.dumps(report.as_json(), indent=2))
+    (own_workdir / "chaos-report.json").write_text(json.dumps(report.as_json(), indent=2))
     sys.stderr.write(f"\nchaos figures: {json.dumps(figures)}\n")
 
     assert report.missing == 0, f"no result for {report.missing_sessions}"
@@ -65,8 +66,9 @@ def test_chaos_storm_every_saga_ends_and_the_guarantees_hold(tmp_path: Path) -> 
             "PROMO_INVALID", "OUT_OF_STOCK"} <= set(report.outcomes)
 
 
-def test_a_worker_rides_out_postgres_and_redis_restarts_under_load(tmp_path: Path) -> None:
+def test_a_worker_rides_out_postgres_and_redis_restarts_under_load(own_workdir: Path) -> None:
     """One process with every role: it must reconnect by itself (it is never restarted)."""
+    tmp_path = own_workdir
     stack = EmbeddedStack(tmp_path / "stack")
     found = stack.start()
     urls = settings_env(found.kafka_bootstrap, found.database_url, found.redis_url, True)
@@ -80,6 +82,7 @@ def test_a_worker_rides_out_postgres_and_redis_restarts_under_load(tmp_path: Pat
         worker = subprocess.Popen([exe, "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         run = "pgr" + str(random.randrange(10**6))
+        asyncio.run(prepare(settings))  # the worker migrates too; whoever is first does it
         asyncio.run(seed(settings, run))
         cart = Cart(settings)
         try:

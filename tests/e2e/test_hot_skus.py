@@ -1,6 +1,11 @@
 """Inventory at Black Friday scale, through the topics, the CLI and real workers:
 a hot SKU stampede (also across a Redis restart), carts over overlapping SKUs,
-and a hold that expires while payment is pending."""
+and a hold that expires while payment is pending.
+
+The first test drives the operator side through the CLI; the others call the
+same functions the CLI calls (``services.inventory.admin``) in-process, since a
+CLI start costs about a second and the suite has a time budget.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import asyncio
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable, TypeVar
 
 import asyncpg
 import pytest
@@ -20,10 +26,46 @@ from conftest import Stack, Workers
 from helpers import Bus, checkout_event, cli, cli_json, uid
 from schemas.contract import LineItem
 from schemas.internal import ReserveStock
+from saga import queries as saga_queries
+from services.inventory import admin, store
 from services.inventory.gate import RedisStockGate, holders_key
 from services.inventory.handlers import InventoryHandlers
 
 PRICE = 1500
+T = TypeVar("T")
+
+
+async def _with_books(env: dict[str, str], fn: Callable[[Any, Any], Awaitable[T]]) -> T:
+    conn = await asyncpg.connect(env["DATABASE_URL"])
+    client: Any = redis.asyncio.from_url(env["REDIS_URL"])
+    try:
+        return await fn(conn, RedisStockGate(client))
+    finally:
+        await client.aclose()
+        await conn.close()
+
+
+async def abooks(env: dict[str, str], fn: Callable[[Any, Any], Awaitable[T]]) -> T:
+    """``fn(conn, gate)`` on the deployment's PostgreSQL and Redis."""
+    return await _with_books(env, fn)
+
+
+def books(env: dict[str, str], fn: Callable[[Any, Any], Awaitable[T]]) -> T:
+    """The same from a plain (sync) test: on its own thread and loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _with_books(env, fn)).result()
+
+
+async def _stock(conn: Any, gate: Any, sku: str, units: int, hot: bool) -> None:
+    await store.set_stock(conn, sku, PRICE, units)
+    if hot:
+        assert await admin.mark_hot(conn, gate, sku, True)
+
+
+def show(env: dict[str, str], sku: str) -> dict[str, Any]:
+    found = books(env, lambda conn, gate: admin.show(conn, gate, sku))
+    assert found is not None
+    return found
 
 
 def results_of(bus: Bus, sessions: list[str], timeout: float = 120.0) -> dict[str, dict[str, Any]]:
@@ -50,10 +92,10 @@ def assert_sold_exactly(results: dict[str, dict[str, Any]], units: int) -> None:
 
 
 def settled_stock(env: dict[str, str], sku: str, timeout: float = 20.0) -> dict[str, Any]:
-    """``stock show`` once the reconcile has brought Redis in line with PostgreSQL."""
+    """The stock once the reconcile has brought Redis in line with PostgreSQL."""
     end = time.monotonic() + timeout
     while True:
-        shown = cli_json(env, "stock", "show", sku)
+        shown = show(env, sku)
         if shown["redis_available"] == shown["available"] or time.monotonic() > end:
             return shown  # type: ignore[no-any-return]
         time.sleep(0.5)
@@ -79,9 +121,9 @@ def test_a_redis_restart_mid_stampede_neither_oversells_nor_loses_the_gate(
     if "redis" not in stack.servers.started:
         pytest.skip("Redis is not ours to restart (REDIS_URL given)")
     sku = uid("HOT")
-    cli(env, "stock", "set", sku, "--price", str(PRICE), "--quantity", "100")
-    cli(env, "stock", "hot", sku, "--on")
+    books(env, lambda conn, gate: _stock(conn, gate, sku, 100, hot=True))
 
+    before = log_sizes(stack)
     sessions = stampede(bus, sku, 1000)
     end = time.monotonic() + 60
     while len([e for e in bus.wait_for("checkout.results", sessions, 0.1).values() if e]) < 150:
@@ -93,6 +135,9 @@ def test_a_redis_restart_mid_stampede_neither_oversells_nor_loses_the_gate(
     shown = settled_stock(env, sku)
     assert (shown["available"], shown["held"], shown["sold"]) == (0, 0, 100)
     assert shown["redis_available"] == 0  # rebuilt from PostgreSQL, then reconciled
+    rebuilt = [line for line in new_log_text(stack, before).splitlines()
+               if "rebuilt from PostgreSQL" in line and sku in line]
+    assert rebuilt, "no worker rebuilt the counter after the restart"
 
 
 def log_sizes(stack: Stack) -> dict[Path, int]:
@@ -108,17 +153,18 @@ def new_log_text(stack: Stack, before: dict[Path, int]) -> str:
     return "\n".join(text)
 
 
+CARTS, UNITS = 200, 25
+
+
 def test_carts_over_overlapping_skus_never_deadlock_or_oversell(
     workers, bus: Bus, env, stack: Stack
 ) -> None:
     skus = [uid(f"MIX{i}") for i in range(6)]
-    for sku in skus:
-        cli(env, "stock", "set", sku, "--price", str(PRICE), "--quantity", "40")
-    for sku in skus[:2]:  # two of them gated in Redis, four straight to PostgreSQL
-        cli(env, "stock", "hot", sku, "--on")
+    for i, sku in enumerate(skus):  # two gated in Redis, four straight to PostgreSQL
+        books(env, lambda conn, gate, sku=sku, i=i: _stock(conn, gate, sku, UNITS, hot=i < 2))
     rng = random.Random(3)
     carts: dict[str, list[tuple[str, int, int]]] = {}
-    for _ in range(300):
+    for _ in range(CARTS):
         picked = rng.sample(skus, rng.randint(2, 4))  # lines in random order: rows in SKU order
         carts[uid("mix")] = [(sku, rng.randint(1, 2), PRICE) for sku in picked]
     before = log_sizes(stack)
@@ -136,9 +182,9 @@ def test_carts_over_overlapping_skus_never_deadlock_or_oversell(
             assert event["data"]["reason"] == "OUT_OF_STOCK", event
     assert 0 < sum(e["type"] == "CheckoutSucceeded" for e in results.values()) < len(carts)
     for sku in skus:
-        shown = settled_stock(env, sku) if sku in skus[:2] else cli_json(env, "stock", "show", sku)
-        assert shown["held"] == 0 and shown["sold"] == sold_by_cart[sku] <= 40, shown
-        assert shown["available"] + shown["sold"] == 40
+        shown = settled_stock(env, sku) if sku in skus[:2] else show(env, sku)
+        assert shown["held"] == 0 and shown["sold"] == sold_by_cart[sku] <= UNITS, shown
+        assert shown["available"] + shown["sold"] == UNITS
         if sku in skus[:2]:
             assert shown["redis_available"] == shown["available"]
     log = new_log_text(stack, before).lower()
@@ -191,13 +237,21 @@ async def wait_for_status(dsn: str, sessions: list[str], status: str, timeout: f
         await conn.close()
 
 
+async def _prepared(conn: Any, timeout: float = 60.0) -> None:
+    """``up`` creates the topics, then the schemas: wait for the inventory's."""
+    end = time.monotonic() + timeout
+    while not await conn.fetchval("SELECT to_regclass('inventory.holds') IS NOT NULL"):
+        assert time.monotonic() < end, "the private deployment never prepared its database"
+        await asyncio.sleep(0.1)
+
+
 async def test_a_hold_that_expires_during_payment(private_deployment) -> None:  # type: ignore[no-untyped-def]
     env, group = private_deployment
     group.start(*[r for r in ROLES if r != "payment"], **env)
     cold, hot = uid("EXP"), uid("EXPHOT")
-    await asyncio.to_thread(cli, env, "stock", "set", cold, "--price", str(PRICE), "--quantity", "1")
-    await asyncio.to_thread(cli, env, "stock", "set", hot, "--price", str(PRICE), "--quantity", "1")
-    await asyncio.to_thread(cli, env, "stock", "hot", hot, "--on")
+    await abooks(env, lambda conn, gate: _prepared(conn))
+    await abooks(env, lambda conn, gate: _stock(conn, gate, cold, 1, hot=False))
+    await abooks(env, lambda conn, gate: _stock(conn, gate, hot, 1, hot=True))
     rehold, lost = uid("cs"), uid("cs")
     bus = Bus(env["KAFKA_BOOTSTRAP_SERVERS"])
     try:
@@ -206,6 +260,10 @@ async def test_a_hold_that_expires_during_payment(private_deployment) -> None:  
         bus.flush()
         # Both holds are taken, then expire and are swept while payment waits.
         await wait_for_status(env["DATABASE_URL"], [rehold, lost], "EXPIRED")
+        for sid in (rehold, lost):  # ... and each saga is still waiting for its payment
+            saga = await abooks(env, lambda conn, gate, sid=sid: saga_queries.show(conn, sid))
+            assert saga["status"] == "RUNNING"
+            assert [s["step"] for s in saga["steps"] if s["kind"] == "command"][-1] == "authorize_payment"
         # Another buyer takes the hot unit that the expiry released (through the gate).
         client: Any = redis.asyncio.from_url(env["REDIS_URL"])
         pool = await asyncpg.create_pool(env["DATABASE_URL"], min_size=1, max_size=2)
@@ -224,13 +282,13 @@ async def test_a_hold_that_expires_during_payment(private_deployment) -> None:  
             assert results[lost]["type"] == "CheckoutFailed"
             assert results[lost]["data"]["reason"] == "OUT_OF_STOCK"
             assert "expired during payment" in results[lost]["data"]["detail"]
-            cold_row = await asyncio.to_thread(cli_json, env, "stock", "show", cold)
+            cold_row = await abooks(env, lambda conn, gate: admin.show(conn, gate, cold))
             assert (cold_row["available"], cold_row["held"], cold_row["sold"]) == (0, 0, 1)
-            hot_row = await asyncio.to_thread(cli_json, env, "stock", "show", hot)
+            hot_row = await abooks(env, lambda conn, gate: admin.show(conn, gate, hot))
             assert (hot_row["available"], hot_row["held"], hot_row["sold"]) == (0, 1, 0)
             assert hot_row["redis_available"] == 0
             assert {k.decode() for k in await client.hkeys(holders_key(hot))} == {thief}
-            saga = await asyncio.to_thread(cli_json, env, "saga", "show", lost)
+            saga = await abooks(env, lambda conn, gate: saga_queries.show(conn, lost))
             kinds = {(s["step"], s["kind"]) for s in saga["steps"]}
             assert ("commit_stock", "failed") in kinds and ("authorize_payment", "compensated") in kinds
             voided = await pool.fetchval(

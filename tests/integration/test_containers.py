@@ -26,11 +26,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from helpers import Bus, checkout_event, cli, cli_json, uid
 
 KAFKA_IMAGE = os.environ.get("CHECKOUT_TEST_KAFKA_IMAGE", "confluentinc/cp-kafka:7.6.0")

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
-from checkout_saga.metrics import MetricsServer
 from conftest import poll_until
 from helpers import Bus, checkout_event, cli, uid
+from prometheus_client.parser import text_string_to_metric_families
+
+from checkout_saga.metrics_server import MetricsServer
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
+from helpers import uid
 
 from checkout_saga.db import create_pool, migrate
 from checkout_saga.runtime import DDL
-from helpers import uid
 from schemas.contract import CancelOrderRequested, OrderShipped
 from schemas.internal import AuthorizePayment, CapturePayment, CommandReply, RefundPayment
 from services.orders import settlement

@@ -160,9 +160,9 @@ def test_dashboard_queries_only_metrics_the_workers_export() -> None:
 
 def test_dockerfile_runs_the_cli_as_a_user_and_exposes_the_metrics_port() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r'^ENTRYPOINT \["checkout-saga"\]$', text, re.M)
-    assert re.search(rf"^EXPOSE {METRICS_PORT}$", text, re.M)
-    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["checkout-saga"\]$', text, re.MULTILINE)
+    assert re.search(rf"^EXPOSE {METRICS_PORT}$", text, re.MULTILINE)
+    users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and not users[-1].startswith(("root", "0")), "the image must not run as root"
 
 
