@@ -2,9 +2,9 @@
 
 On a stack of its own (embedded broker, PostgreSQL and Redis, which it
 restarts), it runs N supervised worker processes per role, sends checkouts of
-every kind over ``duration`` seconds and meanwhile SIGKILLs random workers at
-random moments (the supervisor restarts them), restarts PostgreSQL and
-restarts Redis. Then it waits until every checkout has a result and the system
+every kind (two of its SKUs hot, gated in Redis) over ``duration`` seconds
+and meanwhile SIGKILLs random workers at random moments (the supervisor
+restarts them), restarts PostgreSQL and restarts Redis. Then it waits until every checkout has a result and the system
 is quiet, checks each outcome against what its kind allows, and runs
 ``verify``. The figures go into a ``ChaosReport``.
 """
@@ -141,6 +141,7 @@ def plan_checkouts(n: int, run: str, rng: random.Random) -> list[Checkout]:
 
 
 async def seed(settings: Settings, run: str) -> None:
+    from services.inventory import admin as inventory_admin
     from services.inventory import store as inventory_store
 
     pool = await create_pool(settings.dsn_for("inventory"), 2)
@@ -149,6 +150,9 @@ async def seed(settings: Settings, run: str) -> None:
             for j in range(4):
                 await inventory_store.set_stock(conn, f"CH-{run}-{j}", PRICE, 100_000)
             await inventory_store.set_stock(conn, f"CH-{run}-SCARCE", PRICE, SCARCE_UNITS)
+            # Hot SKUs go through the Redis gate first: the scarce one and one of plenty.
+            for sku in (f"CH-{run}-SCARCE", f"CH-{run}-3"):
+                await inventory_admin.mark_hot(conn, None, sku, True)
     finally:
         await pool.close()
     if "promotions" in DDL:
@@ -248,6 +252,12 @@ class Storm:
         log.warning("chaos: %s", name)
 
 
+def settings_from(env: Mapping[str, str], **extra: Any) -> Settings:
+    """The settings a worker given ``env`` would read (pydantic coerces the strings)."""
+    values: dict[str, Any] = {k.lower(): v for k, v in env.items()}
+    return Settings(**values, **extra)
+
+
 def run_chaos(workdir: Path, plan: ChaosPlan, base_env: Mapping[str, str],
               on_progress: Callable[[str], None] | None = None) -> ChaosReport:
     started = time.monotonic()
@@ -266,8 +276,7 @@ def run_chaos(workdir: Path, plan: ChaosPlan, base_env: Mapping[str, str],
         found = stack.start()
         urls = settings_env(found.kafka_bootstrap, found.database_url, found.redis_url, True)
         env = {**base_env, **urls, **TIMEOUTS, "CHECKOUT_DATA_DIR": str(workdir / "data")}
-        settings = Settings(**{k.lower(): v for k, v in {**urls, **TIMEOUTS}.items()},
-                            checkout_data_dir=workdir / "data")
+        settings = settings_from(urls | TIMEOUTS, checkout_data_dir=workdir / "data")
         asyncio.run(prepare(settings))
         asyncio.run(seed(settings, run))
         supervisor = Supervisor(ROLES, plan.per_role, env, workdir / "workers")

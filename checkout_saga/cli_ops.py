@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from checkout_saga import endpoints
@@ -197,17 +198,18 @@ def dlq_list(
     if as_json:
         print_json(entries)
         return
-    table = Table("partition", "offset", "time", "key", "error", "stage", "source",
-                  "redriven", title=f"{dlq_name(topic)}: {len(entries)} dead letter(s)")
+    # One block per dead letter: errors are long, and a wide table would cut them.
+    console.print(f"[bold]{dlq_name(topic)}[/bold]: {len(entries)} dead letter(s)")
     for e in entries:
         source = f"{e['source_topic']}[{_num(e['source_partition'])}]@{_num(e['source_offset'])}"
-        table.add_row(str(e["partition"]), str(e["offset"]), (e["timestamp"] or "")[:19],
-                      e["key"] or "", e["error"][:120], e["stage"], source,
-                      "yes" if e["redriven"] else "no")
-    console.print(table)
-    if stack:
-        for e in entries:
-            console.print(f"[bold]{e['partition']}@{e['offset']}[/bold]\n{e['stack']}")
+        redriven = f"redriven {e['redriven_at'][:19]}" if e["redriven"] else "not redriven"
+        console.print(
+            f"\n[bold]partition {e['partition']} offset {e['offset']}[/bold]  "
+            f"{(e['timestamp'] or '')[:19]}  key {escape(e['key'] or '-')}  {redriven}\n"
+            f"  from   {escape(source)} (stage {escape(e['stage'] or '-')})\n"
+            f"  error  {escape(e['error'])}", soft_wrap=True, highlight=False)
+        if stack and e.get("stack"):
+            console.print(e["stack"], soft_wrap=True, highlight=False, markup=False)
 
 
 @dlq_app.command("redrive")

@@ -185,9 +185,10 @@ class Rewinder:
             deadline = time.monotonic() + 10
             while waiting and time.monotonic() < deadline:
                 for msg in reader.consume(100, 0.1):
-                    if msg.error() is None and msg.partition() in waiting:
-                        first[msg.partition()] = msg.timestamp()[1]
-                        waiting.discard(msg.partition())
+                    partition = msg.partition()
+                    if msg.error() is None and partition is not None and partition in waiting:
+                        first[partition] = msg.timestamp()[1]
+                        waiting.discard(partition)
         finally:
             reader.close()
         return first

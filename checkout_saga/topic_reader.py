@@ -34,17 +34,22 @@ class Record:
     headers: dict[str, str]
 
 
+def _text(raw: str | bytes | None) -> str | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    return raw.decode("utf-8", "replace")
+
+
 def _record(msg: Message) -> Record:
-    key = msg.key()
+    value = msg.value()
     return Record(
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
         timestamp_ms=msg.timestamp()[1],
-        key=key.decode("utf-8", "replace") if key is not None else None,
-        value=msg.value() or b"",
-        headers={k: (v.decode("utf-8", "replace") if v is not None else "")
-                 for k, v in (msg.headers() or [])},
+        key=_text(msg.key()),
+        value=value.encode() if isinstance(value, str) else (value or b""),
+        headers={h[0]: _text(h[1]) or "" for h in (msg.headers() or [])},
     )
 
 
@@ -88,8 +93,9 @@ def read_topic(
             got = [m for m in consumer.consume(1000, 0.05) if m.error() is None]
             now = time.monotonic()
             for msg in got:
-                out.append(_record(msg))
-                next_offset[msg.partition()] = msg.offset() + 1
+                record = _record(msg)
+                out.append(record)
+                next_offset[record.partition] = record.offset + 1
             if got:
                 last_seen = now
             elif all(next_offset[p] >= ends[p] for p in parts) and now - last_seen >= idle:

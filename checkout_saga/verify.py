@@ -128,9 +128,10 @@ class Facts:
         return await self.once("sagas", load)  # type: ignore[no-any-return]
 
     async def orders(self) -> list[asyncpg.Record]:
-        return await self.once("orders", lambda: self.fetch("orders", """
+        rows: list[asyncpg.Record] = await self.once("orders", lambda: self.fetch("orders", """
             SELECT order_id, checkout_session_id AS session, status, confirmed_at
-            FROM orders.orders"""))  # type: ignore[no-any-return]
+            FROM orders.orders"""))
+        return rows
 
     async def records(self, topic: str) -> list[Record]:
         if not self.options.read_topics:
@@ -428,15 +429,15 @@ CHECKS: tuple[tuple[str, str, CheckFn], ...] = (
     ("held-matches-holds", "Each SKU's held count equals its active holds", held_matches_holds),
     ("holds-end", "Every hold ended or is still inside its TTL", holds_end),
     ("one-order", "At most one order per checkout session, the saga's own", one_order_per_session),
-    ("one-charge", "At most one live (authorized or captured) payment per session, none for "
-                   "a failed checkout, none the books do not know", one_charge_per_session),
+    ("one-charge", ("At most one live (authorized or captured) payment per session, none for "
+                    "a failed checkout, none the books do not know"), one_charge_per_session),
     ("sagas-end", "Every saga ended or is inside its deadline", sagas_end),
     ("succeeded-has-order", "Every succeeded checkout has a confirmed order", succeeded_has_order),
-    ("order-confirmed-once", "One OrderConfirmed (by id) per succeeded checkout, none for "
-                             "others", order_confirmed_once),
+    ("order-confirmed-once", ("One OrderConfirmed (by id) per succeeded checkout, none for "
+                              "others"), order_confirmed_once),
     ("promo-counters", "Promo use counters equal the usage ledger", promo_counters),
-    ("requests-handled", "Every checkout request started a saga or was answered "
-                         "INVALID_REQUEST", requests_handled),
+    ("requests-handled", ("Every checkout request started a saga or was answered "
+                          "INVALID_REQUEST"), requests_handled),
     ("results-published", "Every ended saga published its result, and only that one",
      results_published),
 )

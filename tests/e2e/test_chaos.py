@@ -26,11 +26,11 @@ from checkout_saga.chaos import (
     plan_checkouts,
     run_chaos,
     seed,
+    settings_from,
     wait_quiet,
 )
 from checkout_saga.client import Cart, checkout_request
 from checkout_saga.runtime import prepare
-from checkout_saga.settings import Settings
 from checkout_saga.stack import EmbeddedStack
 from checkout_saga.supervisor import Supervisor, settings_env
 from checkout_saga.verify import VerifyOptions, verify
@@ -47,8 +47,8 @@ def failing_checks(verified: dict) -> list[dict]:  # type: ignore[type-arg]
 
 
 def test_chaos_storm_every_saga_ends_and_the_guarantees_hold(own_workdir: Path) -> None:
-    plan = ChaosPlan(checkouts=120, kills=4, per_role=1, postgres_restarts=1, redis_restarts=1,
-                     duration=8.0, seed=11, result_timeout=90.0)
+    plan = ChaosPlan(checkouts=100, kills=4, per_role=1, postgres_restarts=1, redis_restarts=1,
+                     duration=6.0, seed=11, result_timeout=90.0)
     report = run_chaos(own_workdir, plan, base_env())
     figures = {k: v for k, v in report.as_json().items() if k not in ("verify", "wrong")}
     (own_workdir / "chaos-report.json").write_text(json.dumps(report.as_json(), indent=2))
@@ -75,7 +75,7 @@ def test_a_worker_rides_out_postgres_and_redis_restarts_under_load(own_workdir: 
     timeouts = {"CHECKOUT_PAYMENT_TIMEOUT_SECONDS": "3", "CHECKOUT_STEP_TIMEOUT_SECONDS": "3",
                 "CHECKOUT_GATEWAY_LATE_ANSWER_SECONDS": "1"}
     env = {**base_env(), **urls, **timeouts, "CHECKOUT_DATA_DIR": str(tmp_path / "data")}
-    settings = Settings(**{k.lower(): v for k, v in {**urls, **timeouts}.items()})
+    settings = settings_from(urls | timeouts)
     log = tmp_path / "worker.log"
     exe = str(Path(sys.executable).with_name("checkout-saga"))
     with log.open("ab") as out:
@@ -89,10 +89,10 @@ def test_a_worker_rides_out_postgres_and_redis_restarts_under_load(own_workdir: 
             warm = f"chaos-{run}-warm"
             cart.send(warm, checkout_request(warm, [(f"CH-{run}-0", 1, 1999)]))
             cart.flush()
-            assert warm in cart.results([warm], 90.0), "the worker never answered"
-            checkouts = plan_checkouts(80, run, random.Random(5))
-            restarts = {20: stack.restart_postgres, 40: stack.restart_redis,
-                        55: stack.restart_postgres}
+            assert warm in cart.results([warm], 90.0), log.read_text(errors="replace")[-3000:]
+            checkouts = plan_checkouts(50, run, random.Random(5))
+            restarts = {15: stack.restart_postgres, 25: stack.restart_redis,
+                        35: stack.restart_postgres}
             for i, c in enumerate(checkouts):
                 cart.send(c.session, c.payload)
                 if c.repeat:
@@ -111,7 +111,7 @@ def test_a_worker_rides_out_postgres_and_redis_restarts_under_load(own_workdir: 
         asyncio.run(wait_quiet(settings, 60.0))
         report = asyncio.run(verify(settings, VerifyOptions(grace=1.0)))
         assert report.ok, failing_checks(report.as_json())
-        assert sum(1 for e in results.values() if outcome_of(e) == "ok") > 20
+        assert sum(1 for e in results.values() if outcome_of(e) == "ok") > 10
         # The restarts really hit it mid-work: it logged connection trouble and went
         # on, and dead-lettered nothing (a good message lost to a lost connection).
         text = log.read_text(errors="replace")
@@ -129,8 +129,9 @@ def test_a_worker_rides_out_postgres_and_redis_restarts_under_load(own_workdir: 
 
 def test_the_supervisor_restarts_a_killed_worker_and_stops_them_all(tmp_path: Path) -> None:
     # A stand-in worker: it only has to live until told to stop.
-    command = [sys.executable, "-c", "import signal, sys, time; "
-               "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(600)"]
+    stand_in = ("import signal, sys, time; "
+                "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(600)")
+    command = [sys.executable, "-c", stand_in]
     sup = Supervisor(["a", "b"], 1, dict(os.environ), tmp_path / "logs",
                      command=command, min_backoff=0.05, stable_after=0.5)
     stop = threading.Event()
@@ -152,4 +153,6 @@ def test_the_supervisor_restarts_a_killed_worker_and_stops_them_all(tmp_path: Pa
         stop.set()
         watcher.join(30)
     assert sup.pids() == {}
-    assert all(c.proc is None or c.proc.returncode == 0 for c in sup.children)
+    # Stopped by SIGTERM (a child still starting may not have its handler yet).
+    assert all(c.proc is not None and c.proc.returncode in (0, -signal.SIGTERM)
+               for c in sup.children)
