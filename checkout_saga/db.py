@@ -28,13 +28,23 @@ def messaging_ddl(schema: str) -> str:
     """
 
 
-async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """No RESET ALL on release: our code keeps no session state (only
+    transaction-scoped locks and settings), and the reset costs a round trip
+    per handler."""
+
+
+async def create_pool(
+    dsn: str, size: int, server_settings: dict[str, str] | None = None
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
         max_size=size,
         command_timeout=60,
         max_inactive_connection_lifetime=60,
+        reset=_keep_session,
+        server_settings=server_settings,
     )
     assert pool is not None
     return pool

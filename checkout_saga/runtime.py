@@ -131,7 +131,13 @@ class Runtime:
     async def relay(self, schema: str) -> OutboxRelay:
         if schema not in self.relays:
             assert self.producer is not None
-            self.relays[schema] = OutboxRelay(await self.pool(schema), schema, self.producer)
+            # The relay's DELETE need not wait for the WAL flush: a deletion
+            # lost in a crash only re-publishes rows, which the inboxes absorb.
+            relay_pool = await create_pool(
+                self.settings.dsn_for(schema), 2, {"synchronous_commit": "off"}
+            )
+            self.pools[f"{schema}:relay"] = relay_pool
+            self.relays[schema] = OutboxRelay(relay_pool, schema, self.producer)
         return self.relays[schema]
 
     def consumer(self, role: str, topics: list[str], handler: Callable[..., Awaitable[None]]) -> Task:
