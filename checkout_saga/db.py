@@ -28,10 +28,13 @@ def messaging_ddl(schema: str) -> str:
     """
 
 
-async def _keep_session(_conn: asyncpg.Connection) -> None:
+async def _keep_session(conn: asyncpg.Connection) -> None:
     """No RESET ALL on release: our code keeps no session state (only
     transaction-scoped locks and settings), and the reset costs a round trip
-    per handler."""
+    per handler. A connection left inside a transaction (a broken one) is
+    refused, which makes the pool terminate it instead of reusing it."""
+    if conn.is_in_transaction():
+        raise RuntimeError("connection released inside a transaction")
 
 
 async def create_pool(

@@ -52,6 +52,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if "kafka" in servers.started:  # tansu: short sessions keep group joins fast
         env.update(CHECKOUT_KAFKA_SESSION_TIMEOUT_MS="1000", CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS="300")
     try:
+        # As in production (the topics job): every topic exists with its
+        # partition count before anything produces or reads; tansu would
+        # otherwise auto-create one with 4 partitions on first metadata.
+        cli(env, "topics", "create")
         yield Stack(env, servers, workdir)
     finally:
         servers.stop()

@@ -33,13 +33,15 @@ def test_one_request_delivered_five_times_gives_one_order_and_one_authorization(
     for _ in range(5):  # the very same bytes, same CloudEvents id
         bus.send("checkout.requested", sid, event)
     bus.flush()
-    results = bus.wait_for("checkout.results", [sid], timeout=60, count=5)[sid]
-    # Four repeats arrive while running or after: the ones after the end re-send
-    # the same result (same id, same order id); none starts anything.
-    assert results and {r["type"] for r in results} == {"CheckoutSucceeded"}
+    bus.result(sid)
+    time.sleep(2.0)  # let every repeat be handled
+    results = bus.events_for("checkout.results", sid)
+    # Repeats that arrive while the saga runs change nothing; those after its
+    # end re-send the same result (same id, same order id). None starts anything.
+    assert 1 <= len(results) <= 5
+    assert {r["type"] for r in results} == {"CheckoutSucceeded"}
     assert len({r["id"] for r in results}) == 1
     assert len({r["data"]["order_id"] for r in results}) == 1
-    time.sleep(1.0)
     assert count_rows(env, "SELECT count(*) FROM orders.orders WHERE checkout_session_id = $1", sid) == 1
     assert count_rows(env, "SELECT count(*) FROM payment.gateway WHERE idempotency_key = $1 "
                            "AND status IN ('AUTHORIZED', 'CAPTURED')", f"pay:{sid}") == 1
