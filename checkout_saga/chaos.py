@@ -18,9 +18,10 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from checkout_saga.client import Cart, checkout_request
 from checkout_saga.db import create_pool

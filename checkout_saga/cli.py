@@ -8,8 +8,9 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio
 import typer
@@ -17,11 +18,8 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from checkout_saga import cli_promo, endpoints
+from checkout_saga import cli_bench, cli_observe, cli_ops, cli_promo, endpoints, logs, tracing
 from checkout_saga.cli_topics import topics_app
-from checkout_saga import cli_bench
-from checkout_saga import cli_ops
-from checkout_saga import cli_observe, logs, tracing
 from checkout_saga.db import create_pool, migrate
 from checkout_saga.runtime import DDL, ROLES, Runtime
 from checkout_saga.settings import Settings

@@ -7,7 +7,7 @@ import json
 import platform
 import sys
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -26,7 +26,7 @@ console = Console()
 def end_to_end(
     ctx: typer.Context,
     duration: float = typer.Option(10.0, "--duration", min=0.5, help="Seconds of load per run."),
-    rate: Optional[float] = typer.Option(None, "--rate", min=1, help="Checkouts/s (default: as fast as possible)."),
+    rate: float | None = typer.Option(None, "--rate", min=1, help="Checkouts/s (default: as fast as possible)."),
     workers: str = typer.Option("1", "--workers", help="Worker process counts to compare, e.g. 1,2,4."),
     window: int = typer.Option(1000, "--window", min=1, help="Max checkouts in flight when unthrottled."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -16,9 +16,10 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -76,7 +77,7 @@ def verify_cmd(
     as_json: bool = JSON_OPT,
     grace: float = typer.Option(30.0, "--grace", min=0,
                                 help="Seconds an effect may lag its cause before it counts."),
-    max_saga_age: Optional[float] = typer.Option(
+    max_saga_age: float | None = typer.Option(
         None, "--max-saga-age", min=0,
         help="A saga running longer than this is past its deadline (default: the hold TTL)."),
     skip_topics: bool = typer.Option(False, "--skip-topics", help="Do not read orders.confirmed."),
@@ -125,7 +126,7 @@ def replay_cmd(
     topic: list[str] = typer.Option(..., "--topic", help="Topic to replay (repeatable)."),
     since: str = typer.Option(..., "--since",
                               help="'beginning', an RFC 3339 time, or a duration ago (15m, 2h)."),
-    group: Optional[str] = typer.Option(
+    group: str | None = typer.Option(
         None, "--group", help="Consumer group (default: every project group reading the topic)."),
     wait: float = typer.Option(0.0, "--wait", min=0,
                                help="Seconds to wait for the groups to be empty (workers stopped)."),
@@ -215,11 +216,11 @@ def dlq_list(
 @dlq_app.command("redrive")
 def dlq_redrive(
     topic: str = typer.Argument(..., help="The topic (or its .dlq topic)."),
-    offset: Optional[list[int]] = typer.Option(None, "--offset",
+    offset: list[int] | None = typer.Option(None, "--offset",
                                                help="Only the dead letters at these DLQ offsets."),
-    key: Optional[str] = typer.Option(None, "--key", help="Only the dead letters with this key."),
+    key: str | None = typer.Option(None, "--key", help="Only the dead letters with this key."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be put back."),
-    operator: Optional[str] = OPERATOR_OPT,
+    operator: str | None = OPERATOR_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Put each dead letter of TOPIC back onto its source topic, once."""
@@ -261,7 +262,7 @@ def saga_list(
                                 help="Seconds past its deadline before a saga counts as stuck."),
     min_attempts: int = typer.Option(3, "--min-attempts", min=2,
                                      help="A step sent this many times counts as stuck."),
-    older_than: Optional[float] = typer.Option(None, "--older-than", min=0,
+    older_than: float | None = typer.Option(None, "--older-than", min=0,
                                                help="A saga running longer counts as stuck."),
     limit: int = typer.Option(1000, "--limit", min=1),
     as_json: bool = JSON_OPT,
@@ -346,19 +347,19 @@ REASON_OPT = typer.Option(..., "--reason", help="Why (written into the saga's lo
 
 
 def saga_retry(session_id: str, reason: str = REASON_OPT,
-               operator: Optional[str] = OPERATOR_OPT, as_json: bool = JSON_OPT) -> None:
+               operator: str | None = OPERATOR_OPT, as_json: bool = JSON_OPT) -> None:
     """Send the saga's command in flight again (and unstick a dead-lettered compensation)."""
     _admin(session_id, "retry", reason, operator, as_json)
 
 
 def saga_compensate(session_id: str, reason: str = REASON_OPT,
-                    operator: Optional[str] = OPERATOR_OPT, as_json: bool = JSON_OPT) -> None:
+                    operator: str | None = OPERATOR_OPT, as_json: bool = JSON_OPT) -> None:
     """Give the checkout up (before the pivot) and undo what it did: CheckoutFailed CANCELLED."""
     _admin(session_id, "compensate", reason, operator, as_json)
 
 
 def saga_skip_step(session_id: str, reason: str = REASON_OPT,
-                   operator: Optional[str] = OPERATOR_OPT, as_json: bool = JSON_OPT) -> None:
+                   operator: str | None = OPERATOR_OPT, as_json: bool = JSON_OPT) -> None:
     """Treat the step in flight as done (it was fixed by hand) and go on."""
     _admin(session_id, "skip-step", reason, operator, as_json)
 
@@ -368,7 +369,7 @@ def saga_skip_step(session_id: str, reason: str = REASON_OPT,
 
 def supervise_cmd(
     per_role: int = typer.Option(1, "--per-role", min=1, help="Processes per role."),
-    role: Optional[list[str]] = typer.Option(None, "--role", help="Roles to run (repeatable)."),
+    role: list[str] | None = typer.Option(None, "--role", help="Roles to run (repeatable)."),
 ) -> None:
     """Run N worker processes of each role; restart any that dies."""
     run_supervised(per_role, role)

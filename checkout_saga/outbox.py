@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import zlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import asyncpg
 
@@ -88,7 +88,7 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._idle_poll)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def publish_once(self) -> int:

@@ -12,18 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping
 
 import asyncpg
 import redis.asyncio
 from confluent_kafka import Message
 
 from checkout_saga import metrics
-from checkout_saga.metrics_server import WorkerObserver
 from checkout_saga.db import create_pool, migrate
 from checkout_saga.errors import PermanentError, is_transient
 from checkout_saga.kafka import AsyncProducer, consumer_config, producer_config
+from checkout_saga.metrics_server import WorkerObserver
 from checkout_saga.outbox import OutboxRelay
 from checkout_saga.service import CommandService
 from checkout_saga.settings import Settings

@@ -9,8 +9,8 @@ recorded reply.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping
 
 import asyncpg
 from confluent_kafka import Message

@@ -70,9 +70,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
 __all__ = [
     "CHECKOUT_REQUESTED",
     "CHECKOUT_RESULTS",
+    "FULFILLMENT_EVENTS",
     "ORDERS_CONFIRMED",
     "ORDERS_EVENTS",
     "ORDERS_REQUESTS",
-    "FULFILLMENT_EVENTS",
     "dlq_topic",
 ]

@@ -19,8 +19,9 @@ import logging
 import random
 import traceback
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 

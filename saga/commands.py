@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from saga.state import SagaState
 from schemas.contract import LineItem, ShippingAddress
 from schemas.internal import (
+    ApplyPromo,
     AuthorizePayment,
     CancelOrder,
+    CapturePayment,
     Command,
     CommitStock,
     ConfirmOrder,
-    CapturePayment,
     CreateOrder,
+    ReleasePromo,
     ReleaseStock,
     ReserveStock,
     VoidPayment,
 )
-from schemas.internal import ApplyPromo, ReleasePromo
 
 PAYMENT_FAILURES = frozenset({"PAYMENT_DECLINED", "PAYMENT_TIMEOUT"})
 

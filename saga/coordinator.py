@@ -25,7 +25,7 @@ from checkout_saga.outbox import OutboxRelay, enqueue, insert_args, insert_sql
 from checkout_saga.topics import COMMAND_TOPICS
 from checkout_saga.worker import dead_letter
 from saga.commands import build_command
-from saga.definition import DEFINITIONS, CURRENT, SagaDefinition
+from saga.definition import CURRENT, DEFINITIONS, SagaDefinition
 from saga.machine import MachineConfig, decide
 from saga.outcomes import SOURCE, initial_context, invalid_request, result_messages
 from saga.state import (
@@ -44,7 +44,7 @@ from saga.state import (
     from_json,
     to_json,
 )
-from schemas.contract import TOPIC_EVENT_TYPES, CHECKOUT_REQUESTED, CheckoutRequested, dlq_topic
+from schemas.contract import CHECKOUT_REQUESTED, TOPIC_EVENT_TYPES, CheckoutRequested, dlq_topic
 from schemas.envelope import InvalidEvent, parse_event
 from schemas.internal import REPLY_TYPE, CommandReply
 

@@ -18,8 +18,8 @@ Rules that keep the contract's guarantees:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
 
 from saga.definition import OnTimeout, SagaDefinition, Step
 from saga.state import (

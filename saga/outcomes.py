@@ -4,8 +4,9 @@ republished result is recognisably the same event."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message, stable_id

@@ -6,9 +6,10 @@ Plain frozen dataclasses: no I/O, JSON-serialisable through ``to_json`` and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 
 class SagaStatus(StrEnum):

@@ -8,14 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from helpers import Bus, checkout_event, cli, stop_process, uid
 
 from checkout_saga.stack import EmbeddedStack, endpoints_from_env
-from helpers import Bus, checkout_event, cli, uid
 
 
 @dataclass
@@ -78,13 +78,7 @@ class Workers:
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, sig)
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -143,8 +137,9 @@ async def scratch_database(stack: Stack):  # type: ignore[no-untyped-def]
     """A factory of fresh, empty databases on the stack's PostgreSQL server,
     dropped afterwards: for tests whose rows no session worker may touch
     (e.g. a sweeper race that must count every release)."""
-    import asyncpg
     from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
 
     admin_dsn = stack.env["DATABASE_URL"]
     made: list[str] = []

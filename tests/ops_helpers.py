@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any, Self
 
 import asyncpg
 from click.testing import Result
-from helpers import cli
+from helpers import cli, stop_process
 from typer.testing import CliRunner
 
 from checkout_saga.chaos import settings_from
@@ -82,13 +81,7 @@ class OwnStack:
 
     @staticmethod
     def stop(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
     def stop_all(self) -> None:
         for proc in self.workers:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from services.inventory.hot import Admission, GateAnswer, Holder, Snapshot, rate_bucket
 from services.inventory.rules import Line

@@ -4,8 +4,8 @@ and restock a cancelled order; hot SKUs pass the Redis gate first."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Iterable, Mapping
 
 import asyncpg
 

@@ -19,9 +19,9 @@ PostgreSQL hold says decides whether the counter already accounts for it:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Mapping, Sequence
 
 from services.inventory.rules import Line, in_sku_order
 

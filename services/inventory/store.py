@@ -3,8 +3,9 @@ statement that changes the row: no SELECT ... FOR UPDATE on products."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import AbstractSet as Set, Mapping
+from typing import AbstractSet as Set
 
 import asyncpg
 

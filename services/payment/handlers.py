@@ -8,10 +8,15 @@ gateway has not answered is remembered and applied when the late answer comes.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from checkout_saga.service import Outcome, Route, failed, ok
 from checkout_saga.topics import ORDERS_REPLIES

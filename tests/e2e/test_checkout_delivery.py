@@ -8,7 +8,6 @@ import json
 import time
 
 import asyncpg
-
 from helpers import Bus, checkout_event, cli, cli_json, uid
 
 

@@ -4,7 +4,6 @@ stock back, nothing held, the order CANCELLED where one was created."""
 from __future__ import annotations
 
 import pytest
-
 from helpers import Bus, checkout_event, cli, cli_json, uid
 
 

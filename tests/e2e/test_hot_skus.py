@@ -12,21 +12,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
 import redis.asyncio
+from conftest import Stack, Workers
+from helpers import Bus, checkout_event, cli, cli_json, uid
 
 from checkout_saga.runtime import ROLES
 from checkout_saga.stack import EmbeddedStack
-from conftest import Stack, Workers
-from helpers import Bus, checkout_event, cli, cli_json, uid
+from saga import queries as saga_queries
 from schemas.contract import LineItem
 from schemas.internal import ReserveStock
-from saga import queries as saga_queries
 from services.inventory import admin, store
 from services.inventory.gate import RedisStockGate, holders_key
 from services.inventory.handlers import InventoryHandlers

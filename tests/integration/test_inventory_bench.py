@@ -3,9 +3,10 @@ database of the session's servers, and none of them sells more than it has."""
 
 from __future__ import annotations
 
+from helpers import cli_json
+
 from checkout_saga.bench_inventory import BASELINE, run_bench
 from checkout_saga.settings import Settings
-from helpers import cli_json
 
 
 async def test_bench_runs_every_scenario_without_overselling(stack) -> None:  # type: ignore[no-untyped-def]

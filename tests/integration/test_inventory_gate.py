@@ -8,14 +8,15 @@ reconciles its rows while it looks; Redis keys are per SKU and SKUs are unique.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio
+from helpers import uid
 
 from checkout_saga.db import migrate
-from helpers import uid
 from schemas.contract import LineItem
 from schemas.internal import CommitStock, ReleaseStock, ReserveStock
 from services.inventory import admin, schema, store

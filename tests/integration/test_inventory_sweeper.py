@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio
+from helpers import uid
 
 from checkout_saga.db import migrate
-from helpers import uid
 from services.inventory import schema
 from services.inventory.gate import RedisStockGate, holders_key, stock_key
 from services.inventory.timers import sweep_holds
