@@ -6,10 +6,12 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 
+from confluent_kafka import Message
 from pydantic import BaseModel
 
+from checkout_saga.errors import PermanentError
 from checkout_saga.kafka import OutgoingMessage
-from schemas.envelope import encode_event, make_event
+from schemas.envelope import CloudEvent, InvalidEvent, encode_event, make_event, parse_event
 
 # Stable ids for events that may be re-sent (a republished result keeps its id).
 _NAMESPACE = uuid.UUID("6f1c2a4e-2b1d-4c59-9a53-5b8f2f3d7e10")
@@ -32,3 +34,14 @@ def event_message(
 ) -> OutgoingMessage:
     event = make_event(type=type_, source=source, subject=session_id, data=data, id=id, time=time)
     return OutgoingMessage(topic, session_id, encode_event(event), dict(headers or {}))
+
+
+def parse_message(
+    msg: Message, expected: Mapping[str, type[BaseModel]]
+) -> tuple[CloudEvent, BaseModel]:
+    """Parse a consumed event; bad input becomes a PermanentError, which the
+    consumer loop dead-letters, so the partition moves on."""
+    try:
+        return parse_event(msg.value() or b"", expected)
+    except InvalidEvent as exc:
+        raise PermanentError(exc.reason) from exc

@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 import asyncpg
 from confluent_kafka import Message
 
-from checkout_saga.errors import PermanentError
 from checkout_saga.kafka import OutgoingMessage
-from checkout_saga.messages import event_message
+from checkout_saga.messages import event_message, parse_message
 from checkout_saga.outbox import OutboxRelay, enqueue, insert_args, insert_sql
 from checkout_saga.topics import SAGA_REPLIES
-from schemas.envelope import InvalidEvent, parse_event
 from schemas.internal import REPLY_TYPE, Command, CommandReply
 
 log = logging.getLogger(__name__)
@@ -88,10 +86,7 @@ class CommandService:
         self._types = {cls.__name__: cls for cls in routes}
 
     async def handle(self, msg: Message) -> None:
-        try:
-            _, command = parse_event(msg.value() or b"", self._types)
-        except InvalidEvent as exc:
-            raise PermanentError(exc.reason) from exc
+        _, command = parse_message(msg, self._types)
         assert isinstance(command, Command)
         await self.execute(command)
 

@@ -20,7 +20,7 @@ from confluent_kafka import Message
 from checkout_saga import metrics, tracing
 from checkout_saga.errors import PermanentError, TransientError
 from checkout_saga.kafka import OutgoingMessage
-from checkout_saga.messages import event_message
+from checkout_saga.messages import event_message, parse_message
 from checkout_saga.outbox import OutboxRelay, enqueue, insert_args, insert_sql
 from checkout_saga.topics import COMMAND_TOPICS
 from checkout_saga.worker import dead_letter
@@ -123,10 +123,7 @@ class Coordinator:
     # ---- saga.replies and deadlines ---------------------------------------
 
     async def handle_reply(self, msg: Message) -> None:
-        try:
-            _, reply = parse_event(msg.value() or b"", {REPLY_TYPE: CommandReply})
-        except InvalidEvent as exc:
-            raise PermanentError(exc.reason) from exc
+        _, reply = parse_message(msg, {REPLY_TYPE: CommandReply})
         assert isinstance(reply, CommandReply)
         failure = None
         if not reply.ok:

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from checkout_saga.errors import PermanentError, TransientError
 from checkout_saga.kafka import OutgoingMessage
-from checkout_saga.messages import event_message
+from checkout_saga.messages import event_message, parse_message
 from checkout_saga.outbox import OutboxRelay, enqueue
 from checkout_saga.topics import FULFILLMENT_EVENTS, ORDERS_EVENTS, ORDERS_REPLIES, ORDERS_REQUESTS
 from schemas.contract import (
@@ -40,7 +40,6 @@ from schemas.contract import (
     ReturnReceived,
     ReturnRequested,
 )
-from schemas.envelope import InvalidEvent, parse_event
 from schemas.internal import REPLY_TYPE, CommandReply
 from services.orders import settlement, store
 from services.orders.handlers import SOURCE, walk
@@ -80,10 +79,7 @@ class OrderEvents:
 
     async def handle_event(self, msg: Message) -> None:
         topic = msg.topic() or ""
-        try:
-            event, data = parse_event(msg.value() or b"", TOPIC_EVENT_TYPES[topic])
-        except InvalidEvent as exc:
-            raise PermanentError(exc.reason) from exc
+        event, data = parse_message(msg, TOPIC_EVENT_TYPES[topic])
         async with self._pool.acquire() as conn, conn.transaction():
             fresh = await conn.fetchval(
                 "INSERT INTO orders.event_inbox (event_id, topic, type, order_id) "
@@ -142,10 +138,7 @@ class OrderEvents:
         return event_message(ORDERS_EVENTS, "OrderRequestRejected", SOURCE, sid, rejected)
 
     async def handle_reply(self, msg: Message) -> None:
-        try:
-            _, reply = parse_event(msg.value() or b"", {REPLY_TYPE: CommandReply})
-        except InvalidEvent as exc:
-            raise PermanentError(exc.reason) from exc
+        _, reply = parse_message(msg, {REPLY_TYPE: CommandReply})
         assert isinstance(reply, CommandReply)
         async with self._pool.acquire() as conn, conn.transaction():
             await enqueue(conn, SCHEMA, await settlement.on_reply(conn, reply))
