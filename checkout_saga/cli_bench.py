@@ -16,7 +16,6 @@ from rich.table import Table
 
 from checkout_saga import bench, bench_inventory, endpoints
 from checkout_saga.settings import Settings
-from checkout_saga.stack import EmbeddedStack
 
 app = typer.Typer(help="Benchmarks.", invoke_without_command=True)
 console = Console()
@@ -37,15 +36,8 @@ def end_to_end(
     counts = [int(x) for x in workers.split(",") if x.strip()]
     if not counts or min(counts) < 1:
         raise typer.BadParameter("--workers takes positive integers, e.g. 1,2,4")
-    settings = endpoints.resolve(Settings())
-    stack = EmbeddedStack(settings.checkout_data_dir / "bench-stack")
-    try:
-        found = stack.start(kafka=settings.kafka_bootstrap_servers, database=settings.database_url,
-                            redis=settings.redis_url)
-        settings = endpoints.with_embedded(settings, found, stack.started)
+    with endpoints.embedded(endpoints.resolve(Settings()), "bench-stack") as settings:
         report = run(settings, counts, duration, rate, window, as_json)
-    finally:
-        stack.stop()
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

@@ -24,7 +24,6 @@ from checkout_saga.client import Cart, checkout_request
 from checkout_saga.db import create_pool
 from checkout_saga.runtime import Runtime, prepare
 from checkout_saga.settings import Settings
-from checkout_saga.stack import EmbeddedStack
 from services.inventory import store as inventory_store
 
 console = Console()
@@ -122,15 +121,8 @@ def run_demo(n: int, as_json: bool) -> None:
 
     import uvloop
 
-    settings = Settings()
-    stack = EmbeddedStack(settings.checkout_data_dir / "demo-stack")
-    try:
-        found = stack.start(kafka=settings.kafka_bootstrap_servers, database=settings.database_url,
-                            redis=settings.redis_url)
-        settings = endpoints.with_embedded(settings, found, stack.started)
+    with endpoints.embedded(Settings(), "demo-stack") as settings:
         report = uvloop.run(drive(settings, n, as_json))
-    finally:
-        stack.stop()
     if as_json:
         sys.stdout.write(json.dumps(report, default=str, indent=2) + "\n")
     else:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from checkout_saga.settings import Settings
-from checkout_saga.stack import Endpoints
+from checkout_saga.stack import EmbeddedStack, Endpoints
 
 FILE_NAME = "endpoints.json"
 
@@ -56,3 +58,16 @@ def resolve(settings: Settings) -> Settings:
     found = json.loads(path.read_text())
     update = {k: v for k, v in found.items() if k != "pid" and not getattr(settings, k)}
     return settings.model_copy(update=update)
+
+
+@contextmanager
+def embedded(settings: Settings, name: str) -> Iterator[Settings]:
+    """Start the servers whose URL is unset (in ``<data dir>/<name>``) for the
+    length of one command, and yield the settings that point at them."""
+    stack = EmbeddedStack(settings.checkout_data_dir / name)
+    try:
+        found = stack.start(kafka=settings.kafka_bootstrap_servers,
+                            database=settings.database_url, redis=settings.redis_url)
+        yield with_embedded(settings, found, stack.started)
+    finally:
+        stack.stop()
