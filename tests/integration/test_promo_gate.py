@@ -14,6 +14,7 @@ import redis.asyncio
 from helpers import uid
 
 from checkout_saga.db import create_pool, migrate
+from checkout_saga.errors import TransientError
 from schemas.contract import LineItem
 from schemas.internal import ApplyPromo, CommandReply, ReleasePromo
 from services.promotions import schema, store
@@ -36,16 +37,22 @@ class Promos:
     async def apply(self, code: str, session: str, crash: bool = False) -> CommandReply:
         cmd = ApplyPromo(checkout_session_id=session, promo_code=code,
                          items=[LineItem(sku="SKU-1", quantity=1, unit_price=1000)])
-        async with self.pool.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    outcome = await self.handlers.apply(conn, cmd)
-                    if crash:  # the worker dies before the commit
-                        raise _Crash()
-            except _Crash:
-                pass
-        assert outcome.reply is not None
-        return outcome.reply
+        for _attempt in range(20):
+            async with self.pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        outcome = await self.handlers.apply(conn, cmd)
+                        if crash:  # the worker dies before the commit
+                            raise _Crash()
+                except _Crash:
+                    pass
+                except TransientError:
+                    # What the consumer loop does: roll back, run it again.
+                    await asyncio.sleep(0.01)
+                    continue
+            assert outcome.reply is not None
+            return outcome.reply
+        raise AssertionError(f"apply for {session} kept failing transiently")
 
     async def release(self, code: str, session: str) -> None:
         cmd = ReleasePromo(checkout_session_id=session, promo_code=code)
