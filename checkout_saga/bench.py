@@ -284,6 +284,7 @@ def start_workers(settings: Settings, count: int, logdir: Path) -> list[subproce
         CHECKOUT_KAFKA_SESSION_TIMEOUT_MS=str(settings.checkout_kafka_session_timeout_ms),
         CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS=str(settings.checkout_kafka_heartbeat_interval_ms),
         CHECKOUT_LOG_LEVEL="WARNING",
+        CHECKOUT_PARTITIONS=str(settings.checkout_partitions),
     )
     exe = str(Path(sys.executable).with_name("checkout-saga"))
     logdir.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,12 @@ def end_to_end(
     counts = [int(x) for x in workers.split(",") if x.strip()]
     if not counts or min(counts) < 1:
         raise typer.BadParameter("--workers takes positive integers, e.g. 1,2,4")
-    with endpoints.embedded(endpoints.resolve(Settings()), "bench-stack") as settings:
+    settings = endpoints.resolve(Settings())
+    if "checkout_partitions" not in settings.model_fields_set and not settings.kafka_bootstrap_servers:
+        # The bench's own broker: one partition per worker process of the largest run,
+        # since every idle partition costs the broker a share of every fetch.
+        settings = settings.model_copy(update={"checkout_partitions": max(counts)})
+    with endpoints.embedded(settings, "bench-stack") as settings:
         report = run(settings, counts, duration, rate, window, as_json)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
@@ -85,7 +90,7 @@ def run(settings: Settings, counts: list[int], duration: float, rate: float | No
     return {
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "rate": rate, "duration_s": duration,
+        "rate": rate, "duration_s": duration, "partitions": settings.checkout_partitions,
         "baseline": {"postgres_checkout_equivalents_per_s": round(pg_equiv, 1),
                      "kafka_round_trip_ms": {k: round(v, 2) for k, v in kafka_rt.items()}},
         "runs": runs,
@@ -94,6 +99,7 @@ def run(settings: Settings, counts: list[int], duration: float, rate: float | No
 
 def render(report: dict[str, Any]) -> None:
     base = report["baseline"]
+    console.print(f"{report['partitions']} partition(s) per topic")
     console.print(f"baseline: bare PostgreSQL transactions = {base['postgres_checkout_equivalents_per_s']} "
                   f"checkout-equivalents/s; bare Kafka round trip p50 {base['kafka_round_trip_ms']['p50']} ms, "
                   f"p99 {base['kafka_round_trip_ms']['p99']} ms")

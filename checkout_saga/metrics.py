@@ -75,6 +75,10 @@ HANDLE_SECONDS = Histogram("checkout_message_handle_seconds",
 RETRIES = Counter("checkout_message_retries",
                   "Transient failures retried with backoff, by worker and topic.",
                   ["worker", "topic"], registry=REGISTRY)
+LANES = Counter("checkout_consumer_lanes",
+                "Lanes (many messages, one transaction) by worker and how they ended: "
+                "committed, or one_by_one after the lane failed as a whole.",
+                ["worker", "result"], registry=REGISTRY)
 DEAD_LETTERS = Counter("checkout_dead_letters",
                        "Messages sent to a dead-letter topic, by source topic and stage "
                        "(handle, parse, compensation).", ["topic", "stage"], registry=REGISTRY)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -33,10 +33,11 @@ from checkout_saga.topics import (
     COMMAND_TOPICS,
     SAGA_REPLIES,
 )
-from checkout_saga.worker import ConsumerLoop
+from checkout_saga.worker import BatchHandler, ConsumerLoop
 from saga import schema as saga_schema
 from saga.coordinator import Coordinator, CoordinatorConfig
 from saga.machine import MachineConfig
+from services.inventory import lane as inventory_lane
 from services.inventory import schema as inventory_schema
 from services.inventory import timers as inventory_timers
 from services.inventory.gate import RedisStockGate
@@ -45,7 +46,8 @@ from services.inventory.hot import HotConfig
 from services.orders import schema as orders_schema
 from services.orders import settlement
 from services.orders.external import OrderEvents
-from services.orders.handlers import ROUTES as ORDERS_ROUTES
+from services.orders.lane import ROUTES as ORDERS_ROUTES
+from services.payment import lane as payment_lane
 from services.payment import late_answers
 from services.payment import schema as payment_schema
 from services.payment.gateway import SimulatedGateway
@@ -140,7 +142,15 @@ class Runtime:
             self.relays[schema] = OutboxRelay(relay_pool, schema, self.producer)
         return self.relays[schema]
 
-    def consumer(self, role: str, topics: list[str], handler: Callable[..., Awaitable[None]]) -> Task:
+    def consumer(
+        self,
+        role: str,
+        topics: list[str],
+        handler: Callable[..., Awaitable[None]],
+        batch_handler: BatchHandler | None = None,
+        batch_topics: Iterable[str] = (),
+    ) -> Task:
+        lanes = self.settings.checkout_consumer_lanes
         loop = ConsumerLoop(
             role,
             consumer_config(self.settings, f"checkout-saga.{role}")
@@ -150,6 +160,9 @@ class Runtime:
             self.producer,  # type: ignore[arg-type]
             batch=self.settings.checkout_consumer_batch,
             key_concurrency=self.settings.checkout_key_concurrency,
+            batch_handler=batch_handler if lanes else None,
+            batch_topics=frozenset(batch_topics),
+            lanes=lanes,
         )
         self.consumers.append(loop)
         return loop.run
@@ -173,28 +186,33 @@ class Runtime:
         tasks: list[Task] = []
         if "coordinator" in self.roles:
             coordinator = await self.coordinator()
-            tasks.append(self.consumer("coordinator", [CHECKOUT_REQUESTED, SAGA_REPLIES],
-                                       _route_coordinator(coordinator)))
+            topics = [CHECKOUT_REQUESTED, SAGA_REPLIES]
+            tasks.append(self.consumer("coordinator", topics, _route_coordinator(coordinator),
+                                       coordinator.handle_batch, topics))
         # The simulated gateway is "outside": its own pool, so a handler holding
         # a connection never waits on the gateway for a second one from its pool.
         gateway = SimulatedGateway(
             await self.pool("payment", key="gateway"),
             s.checkout_payment_timeout_seconds + s.checkout_gateway_late_answer_seconds,
         ) if {"payment", "timers"} & set(self.roles) else None
-        for name, routes in (
-            ("inventory", InventoryHandlers(self.stock_gate(), hot_config(s)).routes()
-             if "inventory" in self.roles else None),
-            ("payment", PaymentHandlers(gateway).routes() if gateway else None),
-            ("orders", ORDERS_ROUTES),
+        stock = (InventoryHandlers(self.stock_gate(), hot_config(s))
+                 if "inventory" in self.roles else None)
+        for name, routes, prelock in (
+            ("inventory", inventory_lane.routes(stock) if stock else None,
+             stock.prelock if stock else None),
+            ("payment", payment_lane.routes(PaymentHandlers(gateway)) if gateway else None, None),
+            ("orders", ORDERS_ROUTES, None),
             ("promotions", PromotionHandlers(self.usage_gate()).routes()
-             if "promotions" in self.roles else None),
+             if "promotions" in self.roles else None, None),
         ):
             if name in self.roles and routes is not None:
-                service = CommandService(name, await self.pool(name), routes, await self.relay(name))
+                service = CommandService(name, await self.pool(name), routes, await self.relay(name),
+                                         prelock)
                 by_topic: dict[str, Handler] = {COMMAND_TOPICS[name]: service.handle}
                 if name == "orders":  # and the order's life after checkout
                     by_topic.update(await self._orders_after_checkout(tasks))
-                tasks.append(self.consumer(name, list(by_topic), _route_by_topic(by_topic)))
+                tasks.append(self.consumer(name, list(by_topic), _route_by_topic(by_topic),
+                                           service.handle_batch, [COMMAND_TOPICS[name]]))
         if "timers" in self.roles:
             assert gateway is not None
             coordinator = await self.coordinator()

@@ -186,40 +186,43 @@ def instrument(worker: str, handler: Handler) -> Handler:
     with its session id in the log context, and count it."""
 
     async def handle(msg: Message) -> None:
-        key = msg.key()
-        session = key.decode("utf-8", "replace") if key else None
-        if not _state["exporting"]:
-            token = logs.SESSION_ID.set(session)
-            started = time.perf_counter()
-            try:
-                with _untraced(parse_traceparent(_message_headers(msg).get(TRACEPARENT))):
-                    await handler(msg)
-            finally:
-                logs.SESSION_ID.reset(token)
-            metrics.observe_handled(worker, msg.topic() or "", time.perf_counter() - started)
-            return
-        parent = _PROPAGATOR.extract(_message_headers(msg))
-        attributes: dict[str, str | int] = {
-            "messaging.system": "kafka",
-            "messaging.operation": "process",
-            "messaging.destination.name": msg.topic() or "",
-            "messaging.consumer.group.name": worker,
-            "messaging.kafka.destination.partition": msg.partition() or 0,
-            "messaging.kafka.message.offset": msg.offset() or 0,
-            "checkout.session_id": session or "",
-        }
-        token = logs.SESSION_ID.set(session)
-        started = time.perf_counter()
-        try:
-            with tracer().start_as_current_span(
-                f"process {msg.topic()}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
-            ):
-                await handler(msg)
-        finally:
-            logs.SESSION_ID.reset(token)
-        metrics.observe_handled(worker, msg.topic() or "", time.perf_counter() - started)
+        with consuming(worker, msg):
+            await handler(msg)
 
     return handle
+
+
+@contextlib.contextmanager
+def consuming(worker: str, msg: Message) -> Iterator[None]:
+    """The span, log context and count of one consumed message; the batch
+    path wraps each message's share of a batch in it."""
+    key = msg.key()
+    session = key.decode("utf-8", "replace") if key else None
+    token = logs.SESSION_ID.set(session)
+    started = time.perf_counter()
+    try:
+        if not _state["exporting"]:
+            with _untraced(parse_traceparent(_message_headers(msg).get(TRACEPARENT))):
+                yield
+        else:
+            parent = _PROPAGATOR.extract(_message_headers(msg))
+            attributes: dict[str, str | int] = {
+                "messaging.system": "kafka",
+                "messaging.operation": "process",
+                "messaging.destination.name": msg.topic() or "",
+                "messaging.consumer.group.name": worker,
+                "messaging.kafka.destination.partition": msg.partition() or 0,
+                "messaging.kafka.message.offset": msg.offset() or 0,
+                "checkout.session_id": session or "",
+            }
+            with tracer().start_as_current_span(
+                f"process {msg.topic()}", context=parent, kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            ):
+                yield
+    finally:
+        logs.SESSION_ID.reset(token)
+    metrics.observe_handled(worker, msg.topic() or "", time.perf_counter() - started)
 
 
 @contextlib.contextmanager

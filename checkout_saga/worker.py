@@ -9,6 +9,13 @@ handled. The failure policy is explicit and wraps the handler:
 - anything else (a poison message, a bug) goes to ``<topic>.dlq`` with the
   original bytes and the error, stack and source offset in headers, and the
   partition moves on.
+
+With a batch handler, the keys of a batch are dealt into a few lanes and each
+lane is handled as one unit of work (one database transaction, one commit for
+many messages: the commit, not the statement, is what a checkout costs most).
+A lane that fails for any reason is rolled back by its handler and handled
+again message by message under the policy above, so a poison message or a
+lost race costs a retry, never a dead letter for its neighbours.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from schemas.contract import dlq_topic
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Awaitable[None]]
+# Handles every message of a lane in one unit of work, or raises having changed nothing.
+BatchHandler = Callable[[list[Message]], Awaitable[None]]
 
 
 def dead_letter(msg: Message, error: BaseException, stage: str = "handle") -> OutgoingMessage:
@@ -64,6 +73,9 @@ class ConsumerLoop:
         producer: AsyncProducer,
         batch: int = 500,
         key_concurrency: int = 64,
+        batch_handler: BatchHandler | None = None,
+        batch_topics: frozenset[str] = frozenset(),
+        lanes: int = 4,
     ) -> None:
         self.name = name
         self._config = config
@@ -72,6 +84,9 @@ class ConsumerLoop:
         self._handler = tracing.instrument(name, handler)
         self._producer = producer
         self._batch = batch
+        self._batch_handler = batch_handler
+        self._batch_topics = batch_topics
+        self._lanes = max(1, lanes)
         self._limit = asyncio.Semaphore(key_concurrency)
         # librdkafka calls must not overlap: one thread owns the consumer.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{name}")
@@ -121,7 +136,16 @@ class ConsumerLoop:
         for i, msg in enumerate(msgs):
             key = msg.key() or ("__nokey__", i)
             by_key.setdefault(key, []).append(msg)
-        done = await asyncio.gather(*(self._handle_key(group, stop) for group in by_key.values()))
+        groups = list(by_key.values())
+        if self._batch_handler is None:
+            done = await asyncio.gather(*(self._handle_key(group, stop) for group in groups))
+        else:
+            batched = [g for g in groups if all(m.topic() in self._batch_topics for m in g)]
+            single = [g for g in groups if not all(m.topic() in self._batch_topics for m in g)]
+            done = await asyncio.gather(
+                *(self._handle_lane(lane, stop) for lane in deal(batched, self._lanes)),
+                *(self._handle_key(group, stop) for group in single),
+            )
         if not all(done):
             return  # stopping mid-retry: leave the batch uncommitted for the next owner
         offsets: dict[tuple[str, int], int] = {}
@@ -136,6 +160,23 @@ class ConsumerLoop:
             await self._call(lambda: self._consumer.commit(offsets=commit, asynchronous=True))  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - a failed commit only means a redelivery
             log.warning("%s: commit failed (messages will be redelivered): %s", self.name, exc)
+
+    async def _handle_lane(self, groups: list[list[Message]], stop: asyncio.Event) -> bool:
+        assert self._batch_handler is not None
+        msgs = [m for group in groups for m in group]
+        try:
+            await self._batch_handler(msgs)
+            self.handled += len(msgs)
+            metrics.LANES.labels(self.name, "committed").inc()
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the lane was rolled back: one by one now
+            metrics.LANES.labels(self.name, "one_by_one").inc()
+            log.info("%s: a lane of %d message(s) failed as a whole (%s: %s); handling them "
+                     "one by one", self.name, len(msgs), type(exc).__name__, exc)
+        done = await asyncio.gather(*(self._handle_key(group, stop) for group in groups))
+        return all(done)
 
     async def _handle_key(self, group: list[Message], stop: asyncio.Event) -> bool:
         async with self._limit:
@@ -183,3 +224,15 @@ class ConsumerLoop:
             except Exception as send_exc:  # noqa: BLE001 - never drop a dead letter
                 log.warning("%s: dead-letter send failed, retrying: %s", self.name, send_exc)
                 await asyncio.sleep(0.5)
+
+
+def deal(groups: list[list[Message]], lanes: int) -> list[list[list[Message]]]:
+    """Deal key groups into at most ``lanes`` lanes of about equal message
+    counts; a key's messages stay together and in order."""
+    dealt: list[list[list[Message]]] = [[] for _ in range(min(lanes, len(groups)))]
+    sizes = [0] * len(dealt)
+    for group in sorted(groups, key=len, reverse=True):
+        i = sizes.index(min(sizes))
+        dealt[i].append(group)
+        sizes[i] += len(group)
+    return dealt

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from confluent_kafka import Message
@@ -22,6 +24,7 @@ from checkout_saga.errors import PermanentError, TransientError
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message, parse_message
 from checkout_saga.outbox import OutboxRelay, enqueue, insert_args, insert_sql
+from checkout_saga.service import traced
 from checkout_saga.topics import COMMAND_TOPICS
 from checkout_saga.worker import dead_letter
 from saga.commands import build_command
@@ -54,6 +57,14 @@ SCHEMA = "saga"
 
 class SagaMovedOn(TransientError):
     """Another worker updated the saga between our read and our write."""
+
+
+@dataclass
+class Plan:
+    out: list[OutgoingMessage]
+    entries: list[tuple[str, str, str]]
+    deadline: tuple[datetime | None, str | None] | None  # None: unchanged
+    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -125,15 +136,7 @@ class Coordinator:
     async def handle_reply(self, msg: Message) -> None:
         _, reply = parse_message(msg, {REPLY_TYPE: CommandReply})
         assert isinstance(reply, CommandReply)
-        failure = None
-        if not reply.ok:
-            failure = Failure(
-                reply.reason.value if reply.reason else "INVALID_REQUEST",
-                reply.detail or f"{reply.command} failed",
-                tuple(reply.skus or ()),
-            )
-        event = Replied(reply.command, reply.ok, reply.data, failure)
-        await self.feed(reply.checkout_session_id, event)
+        await self.feed(reply.checkout_session_id, replied(reply))
 
     async def feed(self, session_id: str, event: SagaEvent) -> Decision:
         """Decide on one event and carry the decision out; returns it (operators read it)."""
@@ -152,6 +155,55 @@ class Coordinator:
             await self._apply(conn, definition, decision, version=row["version"], previous=state)
         self._relay.wake()
         return decision
+
+    # ---- a lane: many requests and replies, one transaction -------------------
+
+    async def handle_batch(self, msgs: Sequence[Message]) -> None:
+        """One read of every saga row in the lane (locked), the machine in
+        memory message by message, one statement writing rows, log and outbox.
+        Anything unusual (bad input, a reply for no saga, a lost race) raises
+        with nothing written, and the consumer loop goes one by one."""
+        events = [_lane_event(msg) for msg in msgs]
+        now = datetime.now(UTC)
+        sagas: dict[str, LaneSaga] = {}
+        out: list[OutgoingMessage] = []
+        entries: list[tuple[str, str, str, str]] = []
+        decisions: list[Decision] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT checkout_session_id, state, version, finished_at FROM saga.instances "
+                "WHERE checkout_session_id = ANY($1::text[]) FOR UPDATE",
+                list(dict.fromkeys(sid for _, sid, _ in events)),
+            )
+            for row in rows:
+                sagas[row["checkout_session_id"]] = LaneSaga(
+                    from_json(json.loads(row["state"])), row["version"], row["finished_at"])
+            for msg, sid, event in events:
+                with tracing.consuming("coordinator", msg):
+                    saga = sagas.get(sid)
+                    if isinstance(event, Replied):
+                        if saga is None or saga.state is None:
+                            raise PermanentError(f"no saga for checkout session {sid!r}")
+                        definition = DEFINITIONS[saga.state.definition_version]
+                        decision = decide(definition, self._config.machine, saga.state, event)
+                    elif saga is not None:
+                        out.extend(saga.repeat(sid, entries))
+                        continue
+                    else:
+                        event_id, data = event
+                        context = {**initial_context(data, event_id), **tracing.saga_context()}
+                        definition = CURRENT
+                        decision = decide(CURRENT, self._config.machine, None, Started(sid, context))
+                        saga = sagas[sid] = LaneSaga(None, 0, None)
+                    plan = self._plan(definition, decision, saga.state, now)
+                    saga.absorb(decision.state, plan)
+                    out.extend(plan.out)
+                    entries.extend((sid, *e) for e in plan.entries)
+                    decisions.append(decision)
+            await _write_lane(conn, sagas, entries, out)
+        self._relay.wake()
+        for decision in decisions:
+            metrics.observe_decision(decision, decision.state.context.get(tracing.SAGA_CONTEXT_KEY))
 
     async def fire_due_deadlines(self, limit: int = 100) -> int:
         """Feed a timeout into every saga whose deadline has passed."""
@@ -176,17 +228,17 @@ class Coordinator:
 
     # ---- carrying out a decision ----------------------------------------------
 
-    async def _apply(
+    def _plan(
         self,
-        conn: asyncpg.Connection,
         definition: SagaDefinition,
         decision: Decision,
-        version: int,
-        previous: SagaState | None = None,
+        previous: SagaState | None,
+        now: datetime,
         clear_deadline: bool = False,
-    ) -> None:
+    ) -> Plan:
+        """What carrying out a decision writes: its outgoing messages (with the
+        current span's traceparent), log entries, deadline and finish time."""
         state = decision.state
-        now = datetime.now(UTC)
         out: list[OutgoingMessage] = []
         deadline: tuple[datetime | None, str | None] | None = (None, None) if clear_deadline else None
         for effect in decision.effects:
@@ -201,17 +253,35 @@ class Coordinator:
             elif isinstance(effect, DeadLetter):
                 out.append(self._dead_letter_command(definition, state, effect))
         finished = state.status.terminal and (previous is None or not previous.status.terminal)
+        return Plan(
+            [traced(m) for m in out],
+            [(e.step, e.kind, e.detail) for e in decision.log],
+            deadline,
+            now if finished else None,
+        )
+
+    async def _apply(
+        self,
+        conn: asyncpg.Connection,
+        definition: SagaDefinition,
+        decision: Decision,
+        version: int,
+        previous: SagaState | None = None,
+        clear_deadline: bool = False,
+    ) -> None:
+        state = decision.state
+        plan = self._plan(definition, decision, previous, datetime.now(UTC), clear_deadline)
         sets = ["state = $3::jsonb", "status = $4", "version = version + 1", "updated_at = now()"]
         args: list[object] = [state.session_id, version, json.dumps(to_json(state)), state.status.value]
-        entries = [(e.step, e.kind, e.detail) for e in decision.log]
+        entries = plan.entries
         args += [[e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]]
-        args += insert_args(out)
-        if deadline is not None:
+        args += insert_args(plan.out)
+        if plan.deadline is not None:
             sets += ["deadline_at = $12", "deadline_token = $13"]
-            args += [deadline[0], deadline[1]]
-        if finished:
+            args += [plan.deadline[0], plan.deadline[1]]
+        if plan.finished_at is not None:
             sets.append(f"finished_at = ${len(args) + 1}")
-            args.append(now)
+            args.append(plan.finished_at)
         # One round trip: the guarded update, its log entries and its outbox
         # rows; the inserts only happen when the version check passed.
         updated = await conn.fetchval(
@@ -258,3 +328,115 @@ class Coordinator:
                 "VALUES ($1, $2, $3, $4)",
                 [(session_id, *e) for e in entries],
             )
+
+
+def replied(reply: CommandReply) -> Replied:
+    failure = None
+    if not reply.ok:
+        failure = Failure(
+            reply.reason.value if reply.reason else "INVALID_REQUEST",
+            reply.detail or f"{reply.command} failed",
+            tuple(reply.skus or ()),
+        )
+    return Replied(reply.command, reply.ok, reply.data, failure)
+
+
+def _lane_event(msg: Message) -> tuple[Message, str, Replied | tuple[str, CheckoutRequested]]:
+    if msg.topic() == CHECKOUT_REQUESTED:
+        try:
+            event, data = parse_event(msg.value() or b"", TOPIC_EVENT_TYPES[CHECKOUT_REQUESTED])
+        except InvalidEvent as exc:  # one by one, it is rejected with its answer
+            raise PermanentError(exc.reason) from exc
+        assert isinstance(data, CheckoutRequested)
+        return msg, data.checkout_session_id, (event.id, data)
+    _, reply = parse_message(msg, {REPLY_TYPE: CommandReply})
+    assert isinstance(reply, CommandReply)
+    return msg, reply.checkout_session_id, replied(reply)
+
+
+@dataclass
+class LaneSaga:
+    """One saga as a lane leaves it: the state after its last event, and what
+    the lane's write must change on its row."""
+
+    state: SagaState | None  # None: not started before this lane
+    version: int  # as read (0: a new row)
+    finished_at: datetime | None
+    changed: bool = False
+    deadline: tuple[datetime | None, str | None] | None = None
+
+    def absorb(self, state: SagaState, plan: Plan) -> None:
+        self.state, self.changed = state, True
+        if plan.deadline is not None:
+            self.deadline = plan.deadline
+        if plan.finished_at is not None:
+            self.finished_at = plan.finished_at
+
+    def repeat(self, sid: str, entries: list[tuple[str, str, str, str]]) -> list[OutgoingMessage]:
+        """A request for a saga that exists: its result again once it has one."""
+        assert self.state is not None
+        if self.state.status.terminal:
+            entries.append((sid, "-", "repeat", "request repeated: result re-sent"))
+            msgs = result_messages(self.state, self.finished_at or datetime.now(UTC), with_order=False)
+            return [traced(m) for m in msgs]
+        entries.append((sid, "-", "repeat", "request repeated while running: ignored"))
+        return []
+
+
+async def _write_lane(
+    conn: asyncpg.Connection,
+    sagas: dict[str, LaneSaga],
+    entries: list[tuple[str, str, str, str]],
+    out: list[OutgoingMessage],
+) -> None:
+    """New rows, guarded updates, log entries and outbox rows in one statement."""
+    new = [(sid, s) for sid, s in sagas.items() if s.changed and s.version == 0]
+    moved = [(sid, s) for sid, s in sagas.items() if s.changed and s.version > 0]
+
+    def columns(rows: list[tuple[str, LaneSaga]]) -> list[list[Any]]:
+        return [
+            [sid for sid, _ in rows],
+            [s.state.definition_version if s.version == 0 else s.version  # type: ignore[union-attr]
+             for _, s in rows],
+            [s.state.status.value for _, s in rows],  # type: ignore[union-attr]
+            [json.dumps(to_json(s.state)) for _, s in rows],  # type: ignore[arg-type]
+            [s.deadline is not None for _, s in rows],
+            [s.deadline[0] if s.deadline else None for _, s in rows],
+            [s.deadline[1] if s.deadline else None for _, s in rows],
+            [s.finished_at for _, s in rows],
+        ]
+
+    counts = await conn.fetchrow(
+        f"""
+        WITH inserted AS (
+            INSERT INTO saga.instances (checkout_session_id, definition_version, status, state,
+                                        deadline_at, deadline_token, finished_at)
+            SELECT s, v, st, j::jsonb, da, dt, fa FROM unnest($1::text[], $2::int[], $3::text[],
+                $4::text[], $5::bool[], $6::timestamptz[], $7::text[], $8::timestamptz[])
+                AS n(s, v, st, j, sd, da, dt, fa)
+            ON CONFLICT DO NOTHING RETURNING 1
+        ), moved AS (
+            UPDATE saga.instances i SET state = u.j::jsonb, status = u.st,
+                version = i.version + 1, updated_at = now(),
+                deadline_at = CASE WHEN u.sd THEN u.da ELSE i.deadline_at END,
+                deadline_token = CASE WHEN u.sd THEN u.dt ELSE i.deadline_token END,
+                finished_at = coalesce(u.fa, i.finished_at)
+            FROM unnest($9::text[], $10::int[], $11::text[], $12::text[], $13::bool[],
+                        $14::timestamptz[], $15::text[], $16::timestamptz[])
+                AS u(s, ver, st, j, sd, da, dt, fa)
+            WHERE i.checkout_session_id = u.s AND i.version = u.ver RETURNING 1
+        ), logged AS (
+            INSERT INTO saga.step_log (checkout_session_id, step, kind, detail)
+            SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[])
+        ), sent AS (
+            {insert_sql(SCHEMA, 21)}
+        )
+        SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM moved) AS moved
+        """,
+        *columns(new), *columns(moved),
+        *(list(column) for column in zip(*entries, strict=True)) if entries else ([], [], [], []),
+        *insert_args(out),
+    )
+    if counts["inserted"] != len(new) or counts["moved"] != len(moved):
+        raise SagaMovedOn(f"{len(new) - counts['inserted']} started and "
+                          f"{len(moved) - counts['moved']} moved on elsewhere")

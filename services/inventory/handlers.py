@@ -4,7 +4,7 @@ and restock a cancelled order; hot SKUs pass the Redis gate first."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -22,7 +22,7 @@ from services.inventory.rules import Line, check_cart, in_sku_order, out_of_stoc
 log = logging.getLogger(__name__)
 
 
-def _lines(items: list[LineItem]) -> list[Line]:
+def lines_of(items: list[LineItem]) -> list[Line]:
     return [Line(i.sku, i.quantity, i.unit_price) for i in items]
 
 
@@ -32,14 +32,19 @@ class InventoryHandlers:
 
     def __init__(self, gate: StockGate | None = None, config: HotConfig = HotConfig()) -> None:
         self._gate = gate
-        self._config = config
+        self.config = config
+
+    @property
+    def gated(self) -> bool:
+        """Whether hot SKUs pass the Redis gate (else every line is a cold one)."""
+        return self._gate is not None
 
     async def reserve_stock(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
         """Hold every line or none. Hot lines pass the Redis gate first: a cart
         it refuses is answered OUT_OF_STOCK without a stock row being touched."""
         assert isinstance(cmd, ReserveStock)
         session = cmd.checkout_session_id
-        lines = _lines(cmd.items)
+        lines = lines_of(cmd.items)
         skus = [line.sku for line in lines]
         catalogue = await store.catalogue(conn, skus)
         rejection = check_cart(lines, {sku: price for sku, (price, _) in catalogue.items()})
@@ -53,7 +58,7 @@ class InventoryHandlers:
             if answer.admission is Admission.SHORT:
                 refused = out_of_stock(lines, {**{c.sku: c.quantity for c in cold}, **answer.left})
                 return Outcome(failed(cmd, refused.reason, refused.detail, refused.skus))
-        mark_hot = await self._rate(cold)
+        mark_hot = await self.rate(cold)
         try:
             async with conn.transaction():  # savepoint: all lines or none
                 if not await store.take(conn, lines, into="held", mark_hot=mark_hot):
@@ -67,7 +72,7 @@ class InventoryHandlers:
             return Outcome(failed(cmd, rejection.reason, rejection.detail, rejection.skus))
         if mark_hot:
             log.warning("SKU(s) %s crossed %d reservations in %gs: marked hot", sorted(mark_hot),
-                        self._config.threshold, self._config.window_seconds)
+                        self.config.threshold, self.config.window_seconds)
         return Outcome(ok(cmd, hold_expires_at=expires.isoformat()))
 
     async def release_stock(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
@@ -84,7 +89,7 @@ class InventoryHandlers:
         commit fails OUT_OF_STOCK and the saga voids the payment."""
         assert isinstance(cmd, CommitStock)
         session = cmd.checkout_session_id
-        lines = _lines(cmd.items)
+        lines = lines_of(cmd.items)
         left: dict[str, int] = {}
         try:
             async with conn.transaction():
@@ -130,20 +135,20 @@ class InventoryHandlers:
         if self._gate is not None and skus:
             await self._gate.give_back([(session, sku) for sku in skus])
 
-    async def _rate(self, cold: list[Line]) -> set[str]:
+    async def rate(self, cold: list[Line]) -> set[str]:
         """Count this reservation per cold SKU; the SKUs that just turned hot."""
-        if self._gate is None or not cold or self._config.threshold <= 0:
+        if self._gate is None or not cold or self.config.threshold <= 0:
             return set()
         try:
             counts = await self._gate.count_reservations(
-                [line.sku for line in cold], self._config.window_seconds)
+                [line.sku for line in cold], self.config.window_seconds)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             # Cold carts must not wait for Redis: detection just misses this one.
             log.debug("reservation rate not counted (Redis away): %s", exc)
             return set()
-        return newly_hot(counts, self._config)
+        return newly_hot(counts, self.config)
 
     async def _hot_among(self, conn: asyncpg.Connection, skus: Iterable[str]) -> set[str]:
         wanted = sorted(set(skus))
@@ -154,7 +159,7 @@ class InventoryHandlers:
     async def restock_order(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
         """A cancelled or returned order's units go back on sale (sold -> available)."""
         assert isinstance(cmd, RestockOrder)
-        restocked = await store.put_back(conn, _lines(cmd.items))
+        restocked = await store.put_back(conn, lines_of(cmd.items))
         missing = sorted({i.sku for i in cmd.items} - restocked.keys())
         if missing:  # the books moved under us (an operator); say so, never go negative
             log.warning("restock of order %s: no sold units left for %s", cmd.order_id, missing)
@@ -162,6 +167,13 @@ class InventoryHandlers:
         if self._gate is not None and hot:  # hot counters get the units too
             await self._gate.put_back({sku: restocked[sku] for sku in hot})
         return Outcome(ok(cmd, restocked=restocked, not_restocked=missing))
+
+    async def prelock(self, conn: asyncpg.Connection, commands: Sequence[Command]) -> None:
+        """A lane's stock rows, locked up front in SKU order."""
+        skus = sorted({item.sku for c in commands for item in getattr(c, "items", ())})
+        sessions = [c.checkout_session_id for c in commands
+                    if isinstance(c, (ReleaseStock, CommitStock))]
+        await store.lock_products(conn, skus, sessions)
 
     def routes(self) -> Mapping[type[Command], Route]:
         return {

@@ -34,6 +34,19 @@ async def catalogue(conn: asyncpg.Connection, skus: list[str]) -> dict[str, tupl
     return {r["sku"]: (r["price"], r["hot"]) for r in rows}
 
 
+async def lock_products(conn: asyncpg.Connection, skus: list[str], sessions: list[str]) -> None:
+    """Lock the rows of ``skus`` and of the SKUs ``sessions`` hold, in SKU order
+    (a lane's first statement: every later update in its transaction then
+    finds its row locked already, so lanes queue and never deadlock)."""
+    await conn.execute(
+        "SELECT 1 FROM inventory.products WHERE sku IN (SELECT unnest($1::text[]) UNION "
+        "SELECT sku FROM inventory.holds WHERE checkout_session_id = ANY($2::text[]) "
+        "AND status = 'ACTIVE') ORDER BY sku FOR UPDATE",
+        skus,
+        sessions,
+    )
+
+
 async def take(
     conn: asyncpg.Connection, lines: list[Line], into: str, mark_hot: Set[str] = frozenset()
 ) -> bool:

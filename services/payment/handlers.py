@@ -43,7 +43,7 @@ def idempotency_key(session_id: str) -> str:
 
 class PaymentHandlers:
     def __init__(self, gateway: PaymentGateway, attempts: int = 5) -> None:
-        self._gateway = gateway
+        self.gateway = gateway
         self._attempts = attempts
 
     def routes(self) -> Mapping[type[Command], Route]:
@@ -55,7 +55,7 @@ class PaymentHandlers:
             RefundPayment: Route(self.refund, reply_topic=ORDERS_REPLIES),
         }
 
-    async def _authorize_with_retry(self, cmd: AuthorizePayment) -> Authorization:
+    async def authorize_with_retry(self, cmd: AuthorizePayment) -> Authorization:
         key = idempotency_key(cmd.checkout_session_id)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(GatewayUnavailable),
@@ -64,7 +64,7 @@ class PaymentHandlers:
             reraise=True,
         ):
             with attempt:
-                return await self._gateway.authorize(key, cmd.amount, cmd.currency, cmd.token)
+                return await self.gateway.authorize(key, cmd.amount, cmd.currency, cmd.token)
         raise AssertionError("unreachable")
 
     async def authorize(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
@@ -75,8 +75,8 @@ class PaymentHandlers:
             cmd.checkout_session_id, idempotency_key(cmd.checkout_session_id), cmd.amount,
             cmd.currency,
         )
-        result = await self._authorize_with_retry(cmd)
-        return Outcome(await record_answer(conn, cmd.checkout_session_id, result, self._gateway))
+        result = await self.authorize_with_retry(cmd)
+        return Outcome(await record_answer(conn, cmd.checkout_session_id, result, self.gateway))
 
     async def void(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
         assert isinstance(cmd, VoidPayment)
@@ -86,7 +86,7 @@ class PaymentHandlers:
         )
         status = row["status"] if row else None
         if status == "AUTHORIZED":
-            await self._gateway.void(idempotency_key(cmd.checkout_session_id))
+            await self.gateway.void(idempotency_key(cmd.checkout_session_id))
             await _set_status(conn, cmd.checkout_session_id, "VOIDED")
         elif status == "PENDING":
             await conn.execute(
@@ -103,7 +103,7 @@ class PaymentHandlers:
             cmd.checkout_session_id,
         )
         if status == "AUTHORIZED":
-            await self._gateway.capture(idempotency_key(cmd.checkout_session_id))
+            await self.gateway.capture(idempotency_key(cmd.checkout_session_id))
             await _set_status(conn, cmd.checkout_session_id, "CAPTURED")
         elif status != "CAPTURED":
             return Outcome(failed(cmd, "PAYMENT_DECLINED", f"Cannot capture a payment in {status}."))
@@ -119,10 +119,10 @@ class PaymentHandlers:
             cmd.checkout_session_id,
         )
         if status == "CAPTURED":
-            await self._gateway.refund(key)
+            await self.gateway.refund(key)
             status = "REFUNDED"
         elif status == "AUTHORIZED":
-            await self._gateway.void(key)
+            await self.gateway.void(key)
             status = "VOIDED"
         elif status == "PENDING":  # cannot be for a confirmed order; void the late answer
             await conn.execute(
