@@ -3,10 +3,12 @@
 The rules are those of ``handlers`` (all lines or none, prices as shown, the
 hot-SKU gate); what changes is the cost: the lane's stock rows are read once
 (locked, in SKU order, by ``InventoryHandlers.prelock``), the carts are
-decided in memory in lane order against those counts, and one statement moves
-the counters and writes the holds for every cart. A cart the fast path does
-not cover (a hot SKU behind the Redis gate, a SKU twice in one cart, a hold
-that lapsed) goes through the one-command handler in the same transaction.
+decided in memory against those counts, and one statement moves the counters
+and writes the holds for every cart. A cart the fast path does not cover (a
+hot SKU behind the Redis gate, a SKU twice in one cart, a hold that lapsed)
+goes through the one-command handler in the same transaction, before the
+others: between different sessions a lane keeps no order (Kafka keeps none
+across partitions either), only all-or-nothing per cart and never oversold.
 """
 
 from __future__ import annotations
