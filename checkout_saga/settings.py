@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     checkout_key_concurrency: int = 64
     # Lanes per consumed batch, each one transaction for many messages
     # (0: one transaction per message, the slow path every lane falls back to).
-    checkout_consumer_lanes: int = Field(default=4, ge=0)
+    checkout_consumer_lanes: int = Field(default=2, ge=0)
     checkout_db_pool_size: int = 12
     checkout_data_dir: Path = Path(".checkout-saga")
     checkout_sweep_interval_seconds: float = 1.0
