@@ -47,59 +47,7 @@ Authorization = Approved | Declined | Pending
 
 
 class PaymentGateway(Protocol):
-    async def authorize(self, key: str, amount: int, currency: str, token: str) -> Authorization:
-        if token != "tok_flaky":  # the answer is known up front: one statement
-            status, _ = self._first_answer(token, 0)
-            row = await self._pool.fetchrow(
-                "INSERT INTO payment.gateway (idempotency_key, token, amount, currency, status, "
-                "answer_at) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) "
-                "ON CONFLICT (idempotency_key) DO UPDATE SET attempts = payment.gateway.attempts + 1 "
-                "RETURNING token, status, answer_at",
-                key, token, amount, currency, status, self._late if status == "PENDING" else 0.0,
-            )
-            assert row is not None
-            if row["status"] not in ("NEW", "RETRY_NEW"):
-                return await self._interpret(key, row)
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "INSERT INTO payment.gateway (idempotency_key, token, amount, currency, status) "
-                "VALUES ($1, $2, $3, $4, 'NEW') ON CONFLICT (idempotency_key) "
-                "DO UPDATE SET attempts = payment.gateway.attempts + 1 "
-                "RETURNING status, attempts",
-                key, token, amount, currency,
-            )
-            assert row is not None
-            status = row["status"]
-            if status == "NEW":
-                status = _first_answer(token, row["attempts"])
-                if status != "NEW":
-                    await conn.execute(
-                        "UPDATE payment.gateway SET status = $2, "
-                        "answer_at = now() + make_interval(secs => $3) WHERE idempotency_key = $1",
-                        key, status, self._late if status == "PENDING" else 0.0,
-                    )
-        # The attempt is on the gateway's books (committed) before the error.
-        if status == "NEW":
-            raise GatewayUnavailable(f"gateway hiccup authorizing {key}; try again")
-        return await self._answer(key)
-
-    async def _answer(self, key: str) -> Authorization:
-        row = await self._pool.fetchrow(
-            "SELECT token, status, answer_at FROM payment.gateway WHERE idempotency_key = $1", key
-        )
-        assert row is not None
-        return await self._interpret(key, row)
-
-    async def _interpret(self, key: str, row: asyncpg.Record) -> Authorization:
-        status = row["status"]
-        if status == "DECLINED":
-            return Declined(_DECLINES.get(row["token"], "The card was declined."))
-        if status == "PENDING":
-            return Pending(row["answer_at"])
-        if status in ("VOIDED", "REFUNDED"):
-            return Declined("This authorization was already voided.")
-        return Approved(f"auth_{key[-24:]}")
-
+    async def authorize(self, key: str, amount: int, currency: str, token: str) -> Authorization: ...
     async def void(self, key: str) -> None: ...
     async def capture(self, key: str) -> None: ...
     async def refund(self, key: str) -> None: ...
@@ -128,63 +76,46 @@ _DECLINES = {
 }
 
 
-def _first_answer(token: str, attempts: int) -> str:
-    if token == "tok_flaky" and attempts < 2:
-        return "NEW"  # stays unanswered: a transient error this time
-    if token in _DECLINES:
-        return "DECLINED"
-    if token == "tok_timeout":
-        return "PENDING"
-    return "AUTHORIZED"
-
-
 class SimulatedGateway:
     def __init__(self, pool: asyncpg.Pool, late_answer_after: float) -> None:
         self._pool = pool
         self._late = late_answer_after
 
     async def authorize(self, key: str, amount: int, currency: str, token: str) -> Authorization:
-        if token != "tok_flaky":  # the answer is known up front: one statement
-            status, _ = self._first_answer(token, 0)
+        # A first attempt's answer is known up front: it is booked by the same
+        # statement that books the attempt. A row left NEW by a hiccup is
+        # decided anew by the next attempt, from its attempt count.
+        status = self._first_answer(token, 0)
+        row = await self._pool.fetchrow(
+            "INSERT INTO payment.gateway (idempotency_key, token, amount, currency, status, "
+            "answer_at) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) "
+            "ON CONFLICT (idempotency_key) DO UPDATE SET attempts = payment.gateway.attempts + 1 "
+            "RETURNING token, status, attempts, answer_at",
+            key, token, amount, currency, status, self._answer_after(status),
+        )
+        assert row is not None
+        if row["status"] == "NEW":
+            status = self._first_answer(token, row["attempts"])
             row = await self._pool.fetchrow(
-                "INSERT INTO payment.gateway (idempotency_key, token, amount, currency, status, "
-                "answer_at) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) "
-                "ON CONFLICT (idempotency_key) DO UPDATE SET attempts = payment.gateway.attempts + 1 "
-                "RETURNING token, status, answer_at",
-                key, token, amount, currency, status, self._late if status == "PENDING" else 0.0,
+                "UPDATE payment.gateway SET status = $2, answer_at = now() + make_interval(secs => $3) "
+                "WHERE idempotency_key = $1 AND status = 'NEW' RETURNING token, status, answer_at",
+                key, status, self._answer_after(status),
             )
-            assert row is not None
-            if row["status"] not in ("NEW", "RETRY_NEW"):
-                return await self._interpret(key, row)
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "INSERT INTO payment.gateway (idempotency_key, token, amount, currency, status) "
-                "VALUES ($1, $2, $3, $4, 'NEW') ON CONFLICT (idempotency_key) "
-                "DO UPDATE SET attempts = payment.gateway.attempts + 1 "
-                "RETURNING status, attempts, answer_at",
-                key, token, amount, currency,
-            )
-            assert row is not None
-            status = row["status"]
-            if status == "NEW":
-                status, answer_at = self._first_answer(token, row["attempts"])
-                await conn.execute(
-                    "UPDATE payment.gateway SET status = $2, "
-                    "answer_at = now() + make_interval(secs => $3) WHERE idempotency_key = $1",
-                    key, status, self._late if status == "PENDING" else 0.0,
-                )
-            if status == "RETRY":
-                raise GatewayUnavailable(f"gateway hiccup on {key}")
-        return await self._answer(key)
+            if row is None:  # a concurrent attempt decided first: its answer
+                return await self._answer(key)
+        return await self._interpret(key, row)
 
-    def _first_answer(self, token: str, attempts: int) -> tuple[str, None]:
+    def _first_answer(self, token: str, attempts: int) -> str:
         if token == "tok_flaky" and attempts < 2:
-            return "RETRY_NEW", None
+            return "RETRY_NEW"
         if token in _DECLINES:
-            return "DECLINED", None
+            return "DECLINED"
         if token == "tok_timeout":
-            return "PENDING", None
-        return "AUTHORIZED", None
+            return "PENDING"
+        return "AUTHORIZED"
+
+    def _answer_after(self, status: str) -> float:
+        return self._late if status == "PENDING" else 0.0
 
     async def _answer(self, key: str) -> Authorization:
         row = await self._pool.fetchrow(
