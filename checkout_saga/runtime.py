@@ -47,7 +47,6 @@ from services.orders import schema as orders_schema
 from services.orders import settlement
 from services.orders.external import OrderEvents
 from services.orders.lane import ROUTES as ORDERS_ROUTES
-from services.payment import lane as payment_lane
 from services.payment import late_answers
 from services.payment import schema as payment_schema
 from services.payment.gateway import SimulatedGateway
@@ -200,7 +199,7 @@ class Runtime:
         for name, routes, prelock in (
             ("inventory", inventory_lane.routes(stock) if stock else None,
              stock.prelock if stock else None),
-            ("payment", payment_lane.routes(PaymentHandlers(gateway)) if gateway else None, None),
+            ("payment", PaymentHandlers(gateway).routes() if gateway else None, None),
             ("orders", ORDERS_ROUTES, None),
             ("promotions", PromotionHandlers(self.usage_gate()).routes()
              if "promotions" in self.roles else None, None),

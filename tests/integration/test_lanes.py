@@ -47,7 +47,6 @@ from services.inventory import store
 from services.inventory.gate import RedisStockGate
 from services.inventory.handlers import InventoryHandlers
 from services.orders.lane import ROUTES as ORDERS_ROUTES
-from services.payment import lane as payment_lane
 from services.payment.gateway import SimulatedGateway
 from services.payment.handlers import PaymentHandlers
 
@@ -73,7 +72,7 @@ async def services(stack, pool: asyncpg.Pool) -> AsyncIterator[dict[str, Command
     yield {
         "inventory": CommandService("inventory", pool, inventory_lane.routes(stock),
                                     relay(pool, "inventory"), stock.prelock),
-        "payment": CommandService("payment", pool, payment_lane.routes(payment),
+        "payment": CommandService("payment", pool, payment.routes(),
                                   relay(pool, "payment")),
         "orders": CommandService("orders", pool, ORDERS_ROUTES, relay(pool, "orders")),
     }
@@ -245,11 +244,11 @@ DUPLICATES: dict[str, tuple[Any, list[str]]] = {
                   ["SELECT count(*) FROM inventory.holds WHERE checkout_session_id = $1"]),
     "orders": (create_order,
                ["SELECT count(*) FROM orders.orders WHERE checkout_session_id = $1",
-                "SELECT count(*) FROM orders.history h JOIN orders.orders o USING (order_id) "
-                "WHERE o.checkout_session_id = $1"]),
+                ("SELECT count(*) FROM orders.history h JOIN orders.orders o USING (order_id) "
+                 "WHERE o.checkout_session_id = $1")]),
     "payment": (authorize,
-                ["SELECT count(*) FROM payment.payments WHERE checkout_session_id = $1 "
-                 "AND status = 'AUTHORIZED'",
+                [("SELECT count(*) FROM payment.payments WHERE checkout_session_id = $1 "
+                  "AND status = 'AUTHORIZED'"),
                  "SELECT count(*) FROM payment.gateway WHERE idempotency_key = 'pay:' || $1"]),
 }
 
