@@ -46,7 +46,7 @@ from services.inventory.hot import HotConfig
 from services.orders import schema as orders_schema
 from services.orders import settlement
 from services.orders.external import OrderEvents
-from services.orders.lane import ROUTES as ORDERS_ROUTES
+from services.orders.handlers import ROUTES as ORDERS_ROUTES
 from services.payment import late_answers
 from services.payment import schema as payment_schema
 from services.payment.gateway import SimulatedGateway

@@ -43,27 +43,60 @@ async def walk(
     return events
 
 
+# Where checkout confirmation walks an order from; other states answer CANCELLED.
+CONFIRM_PATHS: dict[OrderStatus, tuple[OrderStatus, ...]] = {
+    S.PENDING: (S.PAYMENT_AUTHORIZED, S.CONFIRMED),
+    S.PAYMENT_AUTHORIZED: (S.CONFIRMED,),
+}
+
+
 async def create_order(conn: asyncpg.Connection, cmd: Command) -> Outcome:
-    assert isinstance(cmd, CreateOrder)
-    await store.insert(conn, cmd.model_dump(mode="json", exclude={"attempt"}))
-    return Outcome(ok(cmd, order_id=cmd.order_id))
+    return (await create_orders(conn, [cmd]))[0]
+
+
+async def create_orders(conn: asyncpg.Connection, cmds: list[Command]) -> list[Outcome]:
+    orders = [c for c in cmds if isinstance(c, CreateOrder)]
+    assert len(orders) == len(cmds)
+    await store.create(conn, orders)
+    return [Outcome(ok(c, order_id=c.order_id)) for c in orders]
 
 
 async def confirm_order(conn: asyncpg.Connection, cmd: Command) -> Outcome:
-    assert isinstance(cmd, ConfirmOrder)
-    order = await store.by_session(conn, cmd.checkout_session_id)
-    if order is None:
-        return Outcome(failed(cmd, "INVALID_REQUEST", "No order exists for this checkout."))
-    events: list[OutgoingMessage] = []
-    if order["status"] == S.PENDING:
-        events = await walk(conn, order, (S.PAYMENT_AUTHORIZED, S.CONFIRMED), "checkout")
-    elif order["status"] == S.PAYMENT_AUTHORIZED:
-        events = await walk(conn, order, (S.CONFIRMED,), "checkout")
-    fresh = await store.by_session(conn, cmd.checkout_session_id)
-    assert fresh is not None
-    if fresh["confirmed_at"] is None:
-        return Outcome(failed(cmd, "CANCELLED", f"The order is {fresh['status']}."))
-    return Outcome(ok(cmd, confirmed_at=fresh["confirmed_at"].isoformat()), events)
+    return (await confirm_orders(conn, [cmd]))[0]
+
+
+async def confirm_orders(conn: asyncpg.Connection, cmds: list[Command]) -> list[Outcome]:
+    """Walk each order to CONFIRMED (one guarded update for all) and answer
+    with its confirmed_at; an order that cannot be confirmed answers CANCELLED."""
+    assert all(isinstance(c, ConfirmOrder) for c in cmds)
+    rows = await conn.fetch(
+        "SELECT order_id, checkout_session_id, status, confirmed_at FROM orders.orders "
+        "WHERE checkout_session_id = ANY($1::text[]) FOR UPDATE",
+        [c.checkout_session_id for c in cmds],
+    )
+    by_session = {r["checkout_session_id"]: r for r in rows}
+    moves: list[tuple[str, OrderStatus, OrderStatus]] = []
+    events: dict[str, list[OutgoingMessage]] = {}
+    for order in by_session.values():
+        current = OrderStatus(order["status"])
+        for target in CONFIRM_PATHS.get(current, ()):
+            moves.append((order["order_id"], current, target))
+            events.setdefault(order["order_id"], []).append(status_changed(order, current, target))
+            current = target
+    confirmed = await store.confirm(conn, moves)
+    outcomes = []
+    for cmd in cmds:
+        order = by_session.get(cmd.checkout_session_id)
+        if order is None:
+            outcomes.append(Outcome(failed(cmd, "INVALID_REQUEST", "No order exists for this checkout.")))
+            continue
+        at = confirmed.get(order["order_id"], order["confirmed_at"])
+        if at is None:
+            outcomes.append(Outcome(failed(cmd, "CANCELLED", f"The order is {order['status']}.")))
+        else:
+            outcomes.append(Outcome(ok(cmd, confirmed_at=at.isoformat()),
+                                    events.get(order["order_id"], [])))
+    return outcomes
 
 
 async def cancel_order(conn: asyncpg.Connection, cmd: Command) -> Outcome:
@@ -89,7 +122,7 @@ async def cancel_order(conn: asyncpg.Connection, cmd: Command) -> Outcome:
 
 
 ROUTES: Mapping[type[Command], Route] = {
-    CreateOrder: Route(create_order),
-    ConfirmOrder: Route(confirm_order),
+    CreateOrder: Route(create_order, many=create_orders),
+    ConfirmOrder: Route(confirm_order, many=confirm_orders),
     CancelOrder: Route(cancel_order),
 }

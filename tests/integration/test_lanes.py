@@ -46,7 +46,7 @@ from services.inventory import lane as inventory_lane
 from services.inventory import store
 from services.inventory.gate import RedisStockGate
 from services.inventory.handlers import InventoryHandlers
-from services.orders.lane import ROUTES as ORDERS_ROUTES
+from services.orders.handlers import ROUTES as ORDERS_ROUTES
 from services.payment.gateway import SimulatedGateway
 from services.payment.handlers import PaymentHandlers
 
