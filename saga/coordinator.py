@@ -89,10 +89,7 @@ class Coordinator:
             await self._reject(msg, exc)
             return
         assert isinstance(data, CheckoutRequested)
-        # The request's trace is kept with the saga: deadlines continue it.
-        context = {**initial_context(data, event.id), **tracing.saga_context()}
-        started = Started(data.checkout_session_id, context)
-        decision = decide(CURRENT, self._config.machine, None, started)
+        decision = self._start(data, event.id)
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
                 "INSERT INTO saga.instances (checkout_session_id, definition_version, status, state) "
@@ -117,19 +114,20 @@ class Coordinator:
             await enqueue(conn, SCHEMA, out)
         self._relay.wake()
 
+    def _start(self, data: CheckoutRequested, event_id: str) -> Decision:
+        # The request's trace is kept with the saga: deadlines continue it.
+        context = {**initial_context(data, event_id), **tracing.saga_context()}
+        return decide(CURRENT, self._config.machine, None, Started(data.checkout_session_id, context))
+
     async def _repeat(self, conn: asyncpg.Connection, session_id: str) -> None:
         row = await conn.fetchrow(
             "SELECT state, finished_at FROM saga.instances WHERE checkout_session_id = $1",
             session_id,
         )
         assert row is not None
-        state = from_json(json.loads(row["state"]))
-        if state.status.terminal:
-            # Republish the same result (same ids); OrderConfirmed is not re-sent.
-            await enqueue(conn, SCHEMA, result_messages(state, row["finished_at"], with_order=False))
-            await self._log(conn, session_id, [("-", "repeat", "request repeated: result re-sent")])
-        else:
-            await self._log(conn, session_id, [("-", "repeat", "request repeated while running: ignored")])
+        messages, entry = repeated(from_json(json.loads(row["state"])), row["finished_at"])
+        await enqueue(conn, SCHEMA, messages)
+        await self._log(conn, session_id, [entry])
 
     # ---- saga.replies and deadlines ---------------------------------------
 
@@ -187,13 +185,14 @@ class Coordinator:
                         definition = DEFINITIONS[saga.state.definition_version]
                         decision = decide(definition, self._config.machine, saga.state, event)
                     elif saga is not None:
-                        out.extend(saga.repeat(sid, entries))
+                        assert saga.state is not None
+                        messages, entry = repeated(saga.state, saga.finished_at or now)
+                        out.extend(traced(m) for m in messages)
+                        entries.append((sid, *entry))
                         continue
                     else:
                         event_id, data = event
-                        context = {**initial_context(data, event_id), **tracing.saga_context()}
-                        definition = CURRENT
-                        decision = decide(CURRENT, self._config.machine, None, Started(sid, context))
+                        definition, decision = CURRENT, self._start(data, event_id)
                         saga = sagas[sid] = LaneSaga(None, 0, None)
                     plan = self._plan(definition, decision, saga.state, now)
                     saga.absorb(decision.state, plan)
@@ -330,6 +329,15 @@ class Coordinator:
             )
 
 
+def repeated(state: SagaState, finished_at: datetime) -> tuple[list[OutgoingMessage], tuple[str, str, str]]:
+    """A request for a saga that exists: its result again (same ids, no
+    OrderConfirmed) once it has one, and the step-log entry saying so."""
+    if state.status.terminal:
+        return (result_messages(state, finished_at, with_order=False),
+                ("-", "repeat", "request repeated: result re-sent"))
+    return [], ("-", "repeat", "request repeated while running: ignored")
+
+
 def replied(reply: CommandReply) -> Replied:
     failure = None
     if not reply.ok:
@@ -372,16 +380,6 @@ class LaneSaga:
         if plan.finished_at is not None:
             self.finished_at = plan.finished_at
 
-    def repeat(self, sid: str, entries: list[tuple[str, str, str, str]]) -> list[OutgoingMessage]:
-        """A request for a saga that exists: its result again once it has one."""
-        assert self.state is not None
-        if self.state.status.terminal:
-            entries.append((sid, "-", "repeat", "request repeated: result re-sent"))
-            msgs = result_messages(self.state, self.finished_at or datetime.now(UTC), with_order=False)
-            return [traced(m) for m in msgs]
-        entries.append((sid, "-", "repeat", "request repeated while running: ignored"))
-        return []
-
 
 async def _write_lane(
     conn: asyncpg.Connection,
@@ -393,13 +391,13 @@ async def _write_lane(
     new = [(sid, s) for sid, s in sagas.items() if s.changed and s.version == 0]
     moved = [(sid, s) for sid, s in sagas.items() if s.changed and s.version > 0]
 
-    def columns(rows: list[tuple[str, LaneSaga]]) -> list[list[Any]]:
+    def columns(rows: list[tuple[str, LaneSaga]], number: list[int]) -> list[list[Any]]:
+        states = [s.state for _, s in rows]
         return [
             [sid for sid, _ in rows],
-            [s.state.definition_version if s.version == 0 else s.version  # type: ignore[union-attr]
-             for _, s in rows],
-            [s.state.status.value for _, s in rows],  # type: ignore[union-attr]
-            [json.dumps(to_json(s.state)) for _, s in rows],  # type: ignore[arg-type]
+            number,
+            [state.status.value for state in states],  # type: ignore[union-attr]
+            [json.dumps(to_json(state)) for state in states],  # type: ignore[arg-type]
             [s.deadline is not None for _, s in rows],
             [s.deadline[0] if s.deadline else None for _, s in rows],
             [s.deadline[1] if s.deadline else None for _, s in rows],
@@ -433,7 +431,9 @@ async def _write_lane(
         )
         SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM moved) AS moved
         """,
-        *columns(new), *columns(moved),
+        # New rows carry their definition's version; moved rows the row version they were read at.
+        *columns(new, [s.state.definition_version for _, s in new]),  # type: ignore[union-attr]
+        *columns(moved, [s.version for _, s in moved]),
         *(list(column) for column in zip(*entries, strict=True)) if entries else ([], [], [], []),
         *insert_args(out),
     )
