@@ -4,15 +4,16 @@ The inbox row (keyed by session id and command name), the business change and
 the outbox rows commit together. A second delivery of the same command finds
 the inbox row and only re-sends the recorded reply.
 
-``execute`` runs one command in its own transaction. ``handle_batch`` runs a
-lane of commands in one: one statement claims every inbox row, the handlers
-run in order on the shared connection, one statement records every reply and
+``handle_batch`` runs a lane of commands in one transaction, ``execute`` one
+command alone, by the same code: one statement claims every inbox row, the
+handlers run on the shared connection, one statement records every reply and
 writes every outbox row. Any exception rolls the whole lane back and the
 consumer loop falls back to ``handle``, one command at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from confluent_kafka import Message
 from checkout_saga import tracing
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message, parse_message
-from checkout_saga.outbox import OutboxRelay, enqueue, insert_args, insert_sql
+from checkout_saga.outbox import OutboxRelay, insert_args, insert_sql
 from checkout_saga.topics import SAGA_REPLIES
 from schemas.internal import REPLY_TYPE, Command, CommandReply
 
@@ -107,45 +108,21 @@ class CommandService:
         await self.execute(command)
 
     async def execute(self, command: Command) -> None:
-        route = self._routes[type(command)]
-        name = type(command).__name__
-        async with self._pool.acquire() as conn, conn.transaction():
-            if route.dedupe:
-                fresh = await conn.fetchval(
-                    f"INSERT INTO {self.schema}.inbox (checkout_session_id, command) "
-                    "VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
-                    command.checkout_session_id,
-                    name,
-                )
-                if not fresh:
-                    await self._resend_recorded(
-                        conn, command.checkout_session_id, name, route.reply_topic
-                    )
-                    return
-            outcome = await route.handler(conn, command)
-            out = list(outcome.events)
-            if outcome.reply is not None:
-                message = reply_message(self.source, outcome.reply, route.reply_topic)
-                out.insert(0, message)
-                if route.dedupe:
-                    # The recorded reply and the outbox rows in one round trip.
-                    await conn.execute(
-                        f"WITH recorded AS (UPDATE {self.schema}.inbox SET reply = $7 "
-                        "WHERE checkout_session_id = $5 AND command = $6) "
-                        + insert_sql(self.schema),
-                        *insert_args(out), command.checkout_session_id, name, message.value,
-                    )
-                    out = []
-            await enqueue(conn, self.schema, out)
-        self._relay.wake()
+        """One command in its own transaction (the consumer loop's one-by-one path)."""
+        await self._execute([(None, command)])
 
     async def handle_batch(self, msgs: Sequence[Message]) -> None:
         """A lane of commands in one transaction (see the module's docstring)."""
-        parsed: list[tuple[Message, Command]] = []
+        parsed: list[tuple[Message | None, Command]] = []
         for msg in msgs:
             _, command = parse_message(msg, self._types)
             assert isinstance(command, Command)
             parsed.append((msg, command))
+        await self._execute(parsed)
+
+    async def _execute(self, parsed: list[tuple[Message | None, Command]]) -> None:
+        """Commands in one transaction. Each is counted and traced as its message
+        where it comes with one (a lane); alone, the consumer loop already does."""
         claims = [(c.checkout_session_id, type(c).__name__) for _, c in parsed
                   if self._routes[type(c)].dedupe]
         out: list[OutgoingMessage] = []
@@ -155,7 +132,7 @@ class CommandService:
             if self._prelock is not None:
                 await self._prelock(conn, [c for _, c in parsed])
             fresh = await self._claim(conn, claims)
-            todo: list[tuple[Message, Command]] = []
+            todo: list[tuple[Message | None, Command]] = []
             for msg, command in parsed:
                 claim = (command.checkout_session_id, type(command).__name__)
                 if self._routes[type(command)].dedupe:
@@ -167,7 +144,7 @@ class CommandService:
                 todo.append((msg, command))
             for msg, command, outcome in await self._run(conn, todo):
                 route = self._routes[type(command)]
-                with tracing.consuming(self.name, msg):
+                with tracing.consuming(self.name, msg) if msg else contextlib.nullcontext():
                     if outcome.reply is not None:
                         message = reply_message(self.source, outcome.reply, route.reply_topic)
                         out.append(traced(message))
@@ -185,14 +162,14 @@ class CommandService:
         self._relay.wake()
 
     async def _run(
-        self, conn: asyncpg.Connection, todo: list[tuple[Message, Command]]
-    ) -> list[tuple[Message, Command, Outcome]]:
+        self, conn: asyncpg.Connection, todo: list[tuple[Message | None, Command]]
+    ) -> list[tuple[Message | None, Command, Outcome]]:
         """Run the lane's commands: a type with a ``many`` handler in one call when
         no session has two commands in the lane (their order would matter),
         every other command alone, in lane order."""
-        done: list[tuple[Message, Command, Outcome]] = []
+        done: list[tuple[Message | None, Command, Outcome]] = []
         sessions = [c.checkout_session_id for _, c in todo]
-        by_type: dict[type[Command], list[tuple[Message, Command]]] = {}
+        by_type: dict[type[Command], list[tuple[Message | None, Command]]] = {}
         for msg, command in todo:
             many = self._routes[type(command)].many
             if many is not None and len(set(sessions)) == len(sessions):
@@ -232,26 +209,14 @@ class CommandService:
             "(SELECT * FROM unnest($1::text[], $2::text[])) AND reply IS NOT NULL",
             [s for s, _ in repeats], [c for _, c in repeats],
         )
-        for r in rows:
-            log.info("%s: duplicate %s for %s: re-sent the recorded reply", self.name,
-                     r["command"], r["checkout_session_id"])
+        answered = {(r["checkout_session_id"], r["command"]) for r in rows}
+        for session, name in repeats:
+            if (session, name) in answered:
+                log.info("%s: duplicate %s for %s: re-sent the recorded reply", self.name, name, session)
+            else:
+                log.info("%s: %s for %s already in hand, no answer yet", self.name, name, session)
         return [OutgoingMessage(repeats[(r["checkout_session_id"], r["command"])],
                                 r["checkout_session_id"], bytes(r["reply"])) for r in rows]
-
-    async def _resend_recorded(
-        self, conn: asyncpg.Connection, session_id: str, name: str, topic: str = SAGA_REPLIES
-    ) -> None:
-        reply = await conn.fetchval(
-            f"SELECT reply FROM {self.schema}.inbox WHERE checkout_session_id = $1 AND command = $2",
-            session_id,
-            name,
-        )
-        if reply is None:
-            log.info("%s: %s for %s already in hand, no answer yet", self.name, name, session_id)
-            return
-        await enqueue(conn, self.schema, [OutgoingMessage(topic, session_id, bytes(reply))])
-        log.info("%s: duplicate %s for %s: re-sent the recorded reply", self.name, name, session_id)
-
 
 
 def traced(message: OutgoingMessage) -> OutgoingMessage:
