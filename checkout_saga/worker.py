@@ -136,16 +136,16 @@ class ConsumerLoop:
         for i, msg in enumerate(msgs):
             key = msg.key() or ("__nokey__", i)
             by_key.setdefault(key, []).append(msg)
-        groups = list(by_key.values())
-        if self._batch_handler is None:
-            done = await asyncio.gather(*(self._handle_key(group, stop) for group in groups))
-        else:
-            batched = [g for g in groups if all(m.topic() in self._batch_topics for m in g)]
-            single = [g for g in groups if not all(m.topic() in self._batch_topics for m in g)]
-            done = await asyncio.gather(
-                *(self._handle_lane(lane, stop) for lane in deal(batched, self._lanes)),
-                *(self._handle_key(group, stop) for group in single),
-            )
+        batched: list[list[Message]] = []
+        single: list[list[Message]] = []
+        for group in by_key.values():
+            lane_ok = self._batch_handler is not None and all(
+                m.topic() in self._batch_topics for m in group)
+            (batched if lane_ok else single).append(group)
+        done = await asyncio.gather(
+            *(self._handle_lane(lane, stop) for lane in deal(batched, self._lanes)),
+            *(self._handle_key(group, stop) for group in single),
+        )
         if not all(done):
             return  # stopping mid-retry: leave the batch uncommitted for the next owner
         offsets: dict[tuple[str, int], int] = {}
