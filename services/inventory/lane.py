@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from checkout_saga.errors import TransientError
 from checkout_saga.service import Outcome, Route, failed, ok
 from schemas.internal import Command, CommitStock, ReserveStock
 from services.inventory import store
@@ -39,7 +38,7 @@ class InventoryLane:
         assert len(carts) == len(cmds)
         lines = [lines_of(c.items) for c in carts]
         skus = sorted({line.sku for cart in lines for line in cart})
-        books = await _books(conn, skus)
+        books = await store.books(conn, skus)
         gated = self._handlers.gated
         outcomes: list[Outcome | None] = [None] * len(carts)
         alone = []
@@ -53,7 +52,7 @@ class InventoryLane:
         for i in alone:  # first: they move counters the fast path then reads
             outcomes[i] = await self._handlers.reserve_stock(conn, carts[i])
         if alone:
-            books = await _books(conn, skus)
+            books = await store.books(conn, skus)
         fast = [i for i, o in enumerate(outcomes) if o is None]
         mark_hot = await self._handlers.rate([line for i in fast for line in lines[i]])
         available = {sku: b["available"] for sku, b in books.items()}
@@ -72,7 +71,7 @@ class InventoryLane:
                 taken[line.sku] = taken.get(line.sku, 0) + line.quantity
                 holds.append((cmd.checkout_session_id, line.sku, line.quantity, expires))
             outcomes[i] = Outcome(ok(cmd, hold_expires_at=expires.isoformat()))
-        await _take_and_hold(conn, taken, mark_hot, holds)
+        await store.take_and_hold(conn, taken, mark_hot, holds)
         if mark_hot & taken.keys():
             log.warning("SKU(s) %s crossed %d reservations in %gs: marked hot",
                         sorted(mark_hot & taken.keys()), self._handlers.config.threshold,
@@ -83,14 +82,7 @@ class InventoryLane:
     async def commit(self, conn: asyncpg.Connection, cmds: list[Command]) -> list[Outcome]:
         carts = [c for c in cmds if isinstance(c, CommitStock)]
         assert len(carts) == len(cmds)
-        rows = await conn.fetch(
-            "SELECT checkout_session_id, sku, quantity FROM inventory.holds "
-            "WHERE checkout_session_id = ANY($1::text[]) AND status = 'ACTIVE'",
-            [c.checkout_session_id for c in carts],
-        )
-        held: dict[str, dict[str, int]] = {}
-        for r in rows:
-            held.setdefault(r["checkout_session_id"], {})[r["sku"]] = r["quantity"]
+        held = await store.active_holds(conn, [c.checkout_session_id for c in carts])
         skus = sorted({item.sku for c in carts for item in c.items})
         hot = await store.hot_among(conn, skus) if self._handlers.gated and skus else set()
         outcomes: list[Outcome | None] = [None] * len(carts)
@@ -103,74 +95,9 @@ class InventoryLane:
                 outcomes[i] = Outcome(ok(cmd, rehold=[]))
             else:  # a lapsed or odd hold, or a hot SKU: the careful path
                 outcomes[i] = await self._handlers.commit_stock(conn, cmd)
-        await _sell_held(conn, fast, sum(len(held[s]) for s in fast))
+        await store.sell_held(conn, fast, sum(len(held[s]) for s in fast))
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
-
-
-async def _books(conn: asyncpg.Connection, skus: list[str]) -> dict[str, asyncpg.Record]:
-    rows = await conn.fetch(
-        "SELECT sku, price, hot, available FROM inventory.products WHERE sku = ANY($1::text[]) "
-        "ORDER BY sku FOR UPDATE",
-        skus,
-    )
-    return {r["sku"]: r for r in rows}
-
-
-async def _take_and_hold(
-    conn: asyncpg.Connection,
-    taken: Mapping[str, int],
-    mark_hot: set[str],
-    holds: list[tuple[str, str, int, datetime]],
-) -> None:
-    if not taken:
-        return
-    skus = sorted(taken)
-    moved = await conn.fetchval(
-        """
-        WITH took AS (
-            UPDATE inventory.products p SET available = p.available - t.q, held = p.held + t.q,
-                hot = p.hot OR t.h, updated_at = now()
-            FROM unnest($1::text[], $2::int[], $3::bool[]) AS t(sku, q, h)
-            WHERE p.sku = t.sku AND p.available >= t.q RETURNING 1
-        ), held AS (
-            INSERT INTO inventory.holds (checkout_session_id, sku, quantity, expires_at)
-            SELECT * FROM unnest($4::text[], $5::text[], $6::int[], $7::timestamptz[])
-            ON CONFLICT (checkout_session_id, sku) DO UPDATE
-            SET quantity = EXCLUDED.quantity, status = 'ACTIVE', expires_at = EXCLUDED.expires_at,
-                ended_at = NULL
-        )
-        SELECT count(*) FROM took
-        """,
-        skus, [taken[s] for s in skus], [s in mark_hot for s in skus],
-        *(list(column) for column in zip(*holds, strict=True)),
-    )
-    if moved != len(skus):  # the rows are locked: only a bug or an operator gets here
-        raise TransientError(f"stock moved under a lane ({moved} of {len(skus)} SKUs taken)")
-
-
-async def _sell_held(conn: asyncpg.Connection, sessions: list[str], expected: int) -> None:
-    """The sessions' active holds become sales: hold rows and counters together."""
-    if not sessions:
-        return
-    ended = await conn.fetchval(
-        """
-        WITH ended AS (
-            UPDATE inventory.holds SET status = 'COMMITTED', ended_at = now()
-            WHERE checkout_session_id = ANY($1::text[]) AND status = 'ACTIVE'
-            RETURNING sku, quantity
-        ), sold AS (
-            UPDATE inventory.products p SET held = p.held - e.q, sold = p.sold + e.q,
-                updated_at = now()
-            FROM (SELECT sku, sum(quantity)::int AS q FROM ended GROUP BY sku) AS e
-            WHERE p.sku = e.sku
-        )
-        SELECT count(*) FROM ended
-        """,
-        sessions,
-    )
-    if ended != expected:
-        raise TransientError(f"holds moved under a lane ({ended} of {expected} ended)")
 
 
 def routes(handlers: InventoryHandlers) -> Mapping[type[Command], Route]:

@@ -9,6 +9,7 @@ from typing import AbstractSet as Set
 
 import asyncpg
 
+from checkout_saga.errors import TransientError
 from services.inventory.rules import Line, in_sku_order
 
 
@@ -88,6 +89,87 @@ async def settle(conn: asyncpg.Connection, held: Mapping[str, int], lines: list[
         if status != "UPDATE 1":
             return False
     return True
+
+
+async def books(conn: asyncpg.Connection, skus: list[str]) -> dict[str, asyncpg.Record]:
+    """Price, hot flag and ``available`` by SKU, the rows locked in SKU order."""
+    rows = await conn.fetch(
+        "SELECT sku, price, hot, available FROM inventory.products WHERE sku = ANY($1::text[]) "
+        "ORDER BY sku FOR UPDATE",
+        skus,
+    )
+    return {r["sku"]: r for r in rows}
+
+
+async def take_and_hold(
+    conn: asyncpg.Connection,
+    taken: Mapping[str, int],
+    mark_hot: set[str],
+    holds: list[tuple[str, str, int, datetime]],
+) -> None:
+    """Move each SKU's total out of ``available`` into ``held`` (``mark_hot`` SKUs
+    flagged by the same update) and write the holds, in one statement."""
+    if not taken:
+        return
+    skus = sorted(taken)
+    moved = await conn.fetchval(
+        """
+        WITH took AS (
+            UPDATE inventory.products p SET available = p.available - t.q, held = p.held + t.q,
+                hot = p.hot OR t.h, updated_at = now()
+            FROM unnest($1::text[], $2::int[], $3::bool[]) AS t(sku, q, h)
+            WHERE p.sku = t.sku AND p.available >= t.q RETURNING 1
+        ), held AS (
+            INSERT INTO inventory.holds (checkout_session_id, sku, quantity, expires_at)
+            SELECT * FROM unnest($4::text[], $5::text[], $6::int[], $7::timestamptz[])
+            ON CONFLICT (checkout_session_id, sku) DO UPDATE
+            SET quantity = EXCLUDED.quantity, status = 'ACTIVE', expires_at = EXCLUDED.expires_at,
+                ended_at = NULL
+        )
+        SELECT count(*) FROM took
+        """,
+        skus, [taken[s] for s in skus], [s in mark_hot for s in skus],
+        *(list(column) for column in zip(*holds, strict=True)),
+    )
+    if moved != len(skus):  # the rows are locked: only a bug or an operator gets here
+        raise TransientError(f"stock moved under a lane ({moved} of {len(skus)} SKUs taken)")
+
+
+async def sell_held(conn: asyncpg.Connection, sessions: list[str], expected: int) -> None:
+    """The sessions' active holds become sales: hold rows and counters together."""
+    if not sessions:
+        return
+    ended = await conn.fetchval(
+        """
+        WITH ended AS (
+            UPDATE inventory.holds SET status = 'COMMITTED', ended_at = now()
+            WHERE checkout_session_id = ANY($1::text[]) AND status = 'ACTIVE'
+            RETURNING sku, quantity
+        ), sold AS (
+            UPDATE inventory.products p SET held = p.held - e.q, sold = p.sold + e.q,
+                updated_at = now()
+            FROM (SELECT sku, sum(quantity)::int AS q FROM ended GROUP BY sku) AS e
+            WHERE p.sku = e.sku
+        )
+        SELECT count(*) FROM ended
+        """,
+        sessions,
+    )
+    if ended != expected:
+        raise TransientError(f"holds moved under a lane ({ended} of {expected} ended)")
+
+
+async def active_holds(conn: asyncpg.Connection, sessions: list[str]) -> dict[str, dict[str, int]]:
+    """The sessions' active holds: quantity by SKU, by session."""
+    rows = await conn.fetch(
+        "SELECT checkout_session_id, sku, quantity FROM inventory.holds "
+        "WHERE checkout_session_id = ANY($1::text[]) AND status = 'ACTIVE'",
+        sessions,
+    )
+    held: dict[str, dict[str, int]] = {}
+    for r in rows:
+        held.setdefault(r["checkout_session_id"], {})[r["sku"]] = r["quantity"]
+    return held
 
 
 async def add_holds(
