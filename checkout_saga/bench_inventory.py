@@ -39,6 +39,7 @@ from rich.table import Table
 
 from checkout_saga import endpoints
 from checkout_saga.db import migrate
+from checkout_saga.outbox import KeptOutbox
 from checkout_saga.service import CommandService, Outcome, Route, failed, ok
 from checkout_saga.settings import Settings
 from checkout_saga.stack import EmbeddedStack
@@ -66,13 +67,6 @@ class Result:
     p50_ms: float
     p99_ms: float
     ratio: float = 0.0
-
-
-class _Unpublished:
-    """The bench has no relay: its outbox rows stay in its scratch database."""
-
-    def wake(self) -> None:
-        return None
 
 
 async def reserve_for_update(conn: asyncpg.Connection, cmd: Command) -> Outcome:
@@ -124,7 +118,7 @@ def _percentile(samples: list[float], q: float) -> float:
 
 async def _scenario(name: str, pool: asyncpg.Pool, routes: Mapping[type[Command], Route],
                     skus: list[str], attempts: int, concurrency: int) -> Result:
-    service = CommandService("inventory", pool, routes, _Unpublished())  # type: ignore[arg-type]
+    service = CommandService("inventory", pool, routes, KeptOutbox())  # type: ignore[arg-type]
     seconds, latencies = await _drive(service, skus, attempts, concurrency)
     held = await pool.fetchval(
         "SELECT coalesce(sum(held), 0) FROM inventory.products WHERE sku = ANY($1::text[])", skus)

@@ -10,8 +10,11 @@ inside Kafka's default minimum.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+import threading
+from collections import deque
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,44 +83,57 @@ class OutgoingMessage:
 
 
 class AsyncProducer:
-    """One idempotent producer per process; ``send`` waits for every ack."""
+    """One idempotent producer per process. ``produce`` hands messages to
+    librdkafka at once and returns an awaitable of their acks; ``send`` awaits
+    them. A thread serves the delivery callbacks, so nothing waits for a flush."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._producer = Producer(dict(config))
         self._closed = False
+        # Filled by delivery callbacks (in whichever thread polls), drained by _hand_over.
+        self._acks: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], KafkaError | None]] = deque()
+        self._poller = threading.Thread(target=self._serve_callbacks, name="kafka-producer", daemon=True)
+        self._poller.start()
+
+    def _serve_callbacks(self) -> None:
+        while not self._closed:
+            self._producer.poll(0.05)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the acks this poll collected to their event loops: one wake-up
+        per loop and poll rather than one per message."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], KafkaError | None]]] = {}
+        while self._acks:
+            loop, fut, err = self._acks.popleft()
+            by_loop.setdefault(loop, []).append((fut, err))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, settled)
 
     def warm_up(self, timeout: float = 10.0) -> None:
         # The first idempotent send waits for a producer id: pay that at start.
         self._producer.list_topics(timeout=timeout)
 
     async def send(self, messages: Iterable[OutgoingMessage]) -> None:
+        await self.produce(messages)
+
+    def produce(self, messages: Iterable[OutgoingMessage]) -> Awaitable[None]:
+        """Produce now, in order; the result completes when every message is
+        acknowledged (TransientError if any failed)."""
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[None]] = []
         for msg in messages:
             fut: asyncio.Future[None] = loop.create_future()
             futures.append(fut)
             self._produce(loop, fut, msg)
-        if not futures:
-            return
-        await loop.run_in_executor(None, self._producer.flush, 30.0)
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise TransientError(f"{len(errors)} of {len(futures)} sends failed: {errors[0]}")
+        return _all_acked(futures)
 
     def _produce(
         self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], msg: OutgoingMessage
     ) -> None:
         def delivered(err: KafkaError | None, _m: Any) -> None:
-            def settle() -> None:
-                if fut.done():
-                    return
-                if err is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(TransientError(str(err)))
-
-            loop.call_soon_threadsafe(settle)
+            self._acks.append((loop, fut, err))
 
         while True:
             try:
@@ -135,4 +151,25 @@ class AsyncProducer:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._poller.join()
             self._producer.flush(10.0)
+            self._hand_over()
+
+
+def _settle(settled: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
+    for fut, err in settled:
+        if fut.done():
+            continue
+        if err is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(TransientError(str(err)))
+
+
+async def _all_acked(futures: list[asyncio.Future[None]]) -> None:
+    if not futures:
+        return
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise TransientError(f"{len(errors)} of {len(futures)} sends failed: {errors[0]}")

@@ -162,6 +162,8 @@ class Runtime:
             batch_handler=batch_handler if lanes else None,
             batch_topics=frozenset(batch_topics),
             lanes=lanes,
+            inflight_batches=self.settings.checkout_consumer_inflight_batches,
+            commit_interval=self.settings.checkout_consumer_commit_interval_ms / 1000,
         )
         self.consumers.append(loop)
         return loop.run

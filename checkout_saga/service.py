@@ -25,7 +25,7 @@ from confluent_kafka import Message
 from checkout_saga import tracing
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message, parse_message
-from checkout_saga.outbox import OutboxRelay, insert_args, insert_sql
+from checkout_saga.outbox import OutboxRelay, Written, insert_args, insert_sql
 from checkout_saga.topics import SAGA_REPLIES
 from schemas.internal import REPLY_TYPE, Command, CommandReply
 
@@ -153,13 +153,13 @@ class CommandService:
                                              message.value))
                     out.extend(traced(m) for m in outcome.events)
             out.extend(await self._recorded_replies(conn, repeats))
-            await conn.execute(
+            ids = await conn.fetch(
                 f"WITH recorded AS (UPDATE {self.schema}.inbox i SET reply = r.v "
                 "FROM unnest($5::text[], $6::text[], $7::bytea[]) AS r(s, c, v) "
                 "WHERE i.checkout_session_id = r.s AND i.command = r.c) " + insert_sql(self.schema),
                 *insert_args(out), *map(list, zip(*recorded, strict=True)) if recorded else ([], [], []),
             )
-        self._relay.wake()
+        self._relay.publish(Written([r["id"] for r in ids], out))
 
     async def _run(
         self, conn: asyncpg.Connection, todo: list[tuple[Message | None, Command]]

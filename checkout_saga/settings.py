@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # Lanes per consumed batch, each one transaction for many messages
     # (0: one transaction per message, the slow path every lane falls back to).
     checkout_consumer_lanes: int = Field(default=2, ge=0)
+    # Batches a consumer handles at once (different keys only), and how often
+    # it commits offsets (a redelivery after a crash is absorbed by the inbox).
+    checkout_consumer_inflight_batches: int = Field(default=2, ge=1)
+    checkout_consumer_commit_interval_ms: int = Field(default=200, ge=0)
     checkout_db_pool_size: int = 12
     checkout_data_dir: Path = Path(".checkout-saga")
     checkout_sweep_interval_seconds: float = 1.0

@@ -24,10 +24,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
@@ -42,6 +44,21 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Message], Awaitable[None]]
 # Handles every message of a lane in one unit of work, or raises having changed nothing.
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Dispatch:
+    task: asyncio.Task[bool]
+    keys: set[Any]
+    offsets: dict[tuple[str, int], int]  # next offset per (topic, partition)
+
+
+def _next_offsets(msgs: list[Message]) -> dict[tuple[str, int], int]:
+    offsets: dict[tuple[str, int], int] = {}
+    for msg in msgs:
+        tp = (msg.topic(), msg.partition())
+        offsets[tp] = max(offsets.get(tp, -1), msg.offset() + 1)
+    return offsets
 
 
 def dead_letter(msg: Message, error: BaseException, stage: str = "handle") -> OutgoingMessage:
@@ -76,6 +93,8 @@ class ConsumerLoop:
         batch_handler: BatchHandler | None = None,
         batch_topics: frozenset[str] = frozenset(),
         lanes: int = 4,
+        inflight_batches: int = 2,
+        commit_interval: float = 0.2,
     ) -> None:
         self.name = name
         self._config = config
@@ -90,8 +109,12 @@ class ConsumerLoop:
         self._limit = asyncio.Semaphore(key_concurrency)
         # librdkafka calls must not overlap: one thread owns the consumer.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{name}")
+        self._inflight_batches = max(1, inflight_batches)
+        self._commit_interval = commit_interval
         self._consumer: Consumer | None = None
-        self._last_commit: list[TopicPartition] = []
+        # Handled but not yet committed: next offset per (topic, partition).
+        self._pending: dict[tuple[str, int], int] = {}
+        self._committed_at = 0.0
         self.handled = 0
         self.dead_lettered = 0
 
@@ -100,20 +123,84 @@ class ConsumerLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._consumer = await self._call(Consumer, self._config)
-        await self._call(self._consumer.subscribe, self._topics)
+        await self._call(lambda: self._consumer.subscribe(self._topics, on_revoke=self._on_revoke))  # type: ignore[union-attr]
+        # Batches being handled, oldest first. The next batch starts while
+        # earlier ones still run (a hop does not wait for its neighbours'
+        # commits), unless it shares a key with one of them: then it waits,
+        # so the messages of one key are still handled in order.
+        inflight: deque[_Dispatch] = deque()
+        stalled = False
         try:
             while not stop.is_set():
                 msgs: list[Message] = await self._call(self._fetch)
                 good = [m for m in msgs if not self._is_error(m)]
                 if good:
-                    await self._handle_batch(good, stop)
+                    keys = {m.key() for m in good}
+                    waits = [d.task for d in inflight if not d.task.done() and d.keys & keys]
+                    if waits:
+                        await asyncio.wait(waits)
+                    while sum(not d.task.done() for d in inflight) >= self._inflight_batches:
+                        await asyncio.wait([d.task for d in inflight if not d.task.done()],
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    inflight.append(_Dispatch(
+                        asyncio.create_task(self._handle_batch(good, stop)), keys, _next_offsets(good)))
+                stalled = stalled or self._settle(inflight)
+                if not stalled:
+                    await self._commit(force=not good)
         finally:
-            if self._last_commit:  # make the last asynchronous commit certain
-                last = self._last_commit
+            if inflight:
+                await asyncio.wait([d.task for d in inflight])
+                if not stalled:
+                    self._settle(inflight)
+            pending = self._take_pending()
+            if pending:  # the last commit is synchronous: leave nothing to redeliver
                 with contextlib.suppress(Exception):
-                    await self._call(lambda: self._consumer.commit(offsets=last, asynchronous=False))  # type: ignore[union-attr]
+                    await self._call(lambda: self._consumer.commit(offsets=pending, asynchronous=False))  # type: ignore[union-attr]
             await self._call(self._consumer.close)
             self._thread.shutdown(wait=False)
+
+    def _settle(self, inflight: deque[_Dispatch]) -> bool:
+        """Make the offsets of finished batches committable, oldest first and
+        never past a batch still running. True when a batch gave up (we are
+        stopping mid-retry): nothing from it on may be committed."""
+        while inflight and inflight[0].task.done():
+            dispatch = inflight.popleft()
+            if not dispatch.task.result():
+                return True
+            for tp, offset in dispatch.offsets.items():
+                self._pending[tp] = max(self._pending.get(tp, -1), offset)
+        return False
+
+    def _take_pending(self) -> list[TopicPartition]:
+        pending = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
+        self._pending.clear()
+        return pending
+
+    async def _commit(self, force: bool) -> None:
+        """Commit at most every commit_interval (or when idle): each commit is
+        a broker request, and a commit that never happens only means a
+        redelivery, which the inbox absorbs."""
+        now = time.monotonic()
+        if not self._pending or (not force and now - self._committed_at < self._commit_interval):
+            return
+        self._committed_at = now
+        offsets = self._take_pending()
+        try:
+            await self._call(lambda: self._consumer.commit(offsets=offsets, asynchronous=True))  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a failed commit only means a redelivery
+            log.warning("%s: commit failed (messages will be redelivered): %s", self.name, exc)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Runs in the consumer's thread, inside poll(): hand over what is done.
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        offsets = [TopicPartition(t, p, o) for (t, p), o in list(self._pending.items()) if (t, p) in revoked]
+        for tp in offsets:
+            self._pending.pop((tp.topic, tp.partition), None)
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except Exception as exc:  # noqa: BLE001 - the new owner redelivers; the inbox absorbs
+                log.warning("%s: commit on revoke failed: %s", self.name, exc)
 
     def _fetch(self) -> list[Message]:
         # consume(n, timeout) waits out the whole timeout unless n messages
@@ -131,7 +218,8 @@ class ConsumerLoop:
         log.warning("%s: consumer error %s", self.name, err)
         return True
 
-    async def _handle_batch(self, msgs: list[Message], stop: asyncio.Event) -> None:
+    async def _handle_batch(self, msgs: list[Message], stop: asyncio.Event) -> bool:
+        """Handle a batch; False when stopping mid-retry (the batch must not be committed)."""
         by_key: OrderedDict[Any, list[Message]] = OrderedDict()
         for i, msg in enumerate(msgs):
             key = msg.key() or ("__nokey__", i)
@@ -146,20 +234,7 @@ class ConsumerLoop:
             *(self._handle_lane(lane, stop) for lane in deal(batched, self._lanes)),
             *(self._handle_key(group, stop) for group in single),
         )
-        if not all(done):
-            return  # stopping mid-retry: leave the batch uncommitted for the next owner
-        offsets: dict[tuple[str, int], int] = {}
-        for msg in msgs:
-            tp = (msg.topic(), msg.partition())
-            offsets[tp] = max(offsets.get(tp, -1), msg.offset() + 1)
-        commit = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        self._last_commit = commit
-        try:
-            # Asynchronous: a lost commit only means a redelivery, which the
-            # inbox absorbs; waiting for it would stall the partition.
-            await self._call(lambda: self._consumer.commit(offsets=commit, asynchronous=True))  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - a failed commit only means a redelivery
-            log.warning("%s: commit failed (messages will be redelivered): %s", self.name, exc)
+        return all(done)
 
     async def _handle_lane(self, groups: list[list[Message]], stop: asyncio.Event) -> bool:
         assert self._batch_handler is not None

@@ -23,7 +23,7 @@ from checkout_saga import metrics, tracing
 from checkout_saga.errors import PermanentError, TransientError
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message, parse_message
-from checkout_saga.outbox import OutboxRelay, enqueue, insert_args, insert_sql
+from checkout_saga.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql
 from checkout_saga.service import traced
 from checkout_saga.topics import COMMAND_TOPICS
 from checkout_saga.worker import dead_letter
@@ -98,10 +98,10 @@ class Coordinator:
                 json.dumps(to_json(decision.state)),
             )
             if inserted:
-                await self._apply(conn, CURRENT, decision, version=1)
+                written = await self._apply(conn, CURRENT, decision, version=1)
             else:
-                await self._repeat(conn, data.checkout_session_id)
-        self._relay.wake()
+                written = await self._repeat(conn, data.checkout_session_id)
+        self._relay.publish(written)
 
     async def _reject(self, msg: Message, exc: InvalidEvent) -> None:
         """Bad input: the raw bytes to the dead-letter topic, and a clear answer
@@ -111,23 +111,24 @@ class Coordinator:
             out.append(invalid_request(exc.session_id, exc.reason))
         log.warning("rejected checkout request at offset %s: %s", msg.offset(), exc.reason)
         async with self._pool.acquire() as conn, conn.transaction():
-            await enqueue(conn, SCHEMA, out)
-        self._relay.wake()
+            written = await enqueue(conn, SCHEMA, out)
+        self._relay.publish(written)
 
     def _start(self, data: CheckoutRequested, event_id: str) -> Decision:
         # The request's trace is kept with the saga: deadlines continue it.
         context = {**initial_context(data, event_id), **tracing.saga_context()}
         return decide(CURRENT, self._config.machine, None, Started(data.checkout_session_id, context))
 
-    async def _repeat(self, conn: asyncpg.Connection, session_id: str) -> None:
+    async def _repeat(self, conn: asyncpg.Connection, session_id: str) -> Written:
         row = await conn.fetchrow(
             "SELECT state, finished_at FROM saga.instances WHERE checkout_session_id = $1",
             session_id,
         )
         assert row is not None
         messages, entry = repeated(from_json(json.loads(row["state"])), row["finished_at"])
-        await enqueue(conn, SCHEMA, messages)
+        written = await enqueue(conn, SCHEMA, messages)
         await self._log(conn, session_id, [entry])
+        return written
 
     # ---- saga.replies and deadlines ---------------------------------------
 
@@ -150,8 +151,9 @@ class Coordinator:
             state = from_json(json.loads(row["state"]))
             definition = DEFINITIONS[state.definition_version]
             decision = decide(definition, self._config.machine, state, event)
-            await self._apply(conn, definition, decision, version=row["version"], previous=state)
-        self._relay.wake()
+            written = await self._apply(conn, definition, decision, version=row["version"],
+                                        previous=state)
+        self._relay.publish(written)
         return decision
 
     # ---- a lane: many requests and replies, one transaction -------------------
@@ -199,13 +201,14 @@ class Coordinator:
                     out.extend(plan.out)
                     entries.extend((sid, *e) for e in plan.entries)
                     decisions.append(decision)
-            await _write_lane(conn, sagas, entries, out)
-        self._relay.wake()
+            written = await _write_lane(conn, sagas, entries, out)
+        self._relay.publish(written)
         for decision in decisions:
             metrics.observe_decision(decision, decision.state.context.get(tracing.SAGA_CONTEXT_KEY))
 
     async def fire_due_deadlines(self, limit: int = 100) -> int:
         """Feed a timeout into every saga whose deadline has passed."""
+        written = Written()
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT checkout_session_id, state, version, deadline_token FROM saga.instances "
@@ -219,10 +222,9 @@ class Coordinator:
                 decision = decide(definition, self._config.machine, state, event)
                 with tracing.resumed(state.context.get(tracing.SAGA_CONTEXT_KEY),
                                      "saga deadline", state.session_id):
-                    await self._apply(conn, definition, decision, row["version"], previous=state,
-                                      clear_deadline=True)
-        if rows:
-            self._relay.wake()
+                    written.add(await self._apply(conn, definition, decision, row["version"],
+                                                  previous=state, clear_deadline=True))
+        self._relay.publish(written)
         return len(rows)
 
     # ---- carrying out a decision ----------------------------------------------
@@ -267,7 +269,7 @@ class Coordinator:
         version: int,
         previous: SagaState | None = None,
         clear_deadline: bool = False,
-    ) -> None:
+    ) -> Written:
         state = decision.state
         plan = self._plan(definition, decision, previous, datetime.now(UTC), clear_deadline)
         sets = ["state = $3::jsonb", "status = $4", "version = version + 1", "updated_at = now()"]
@@ -283,7 +285,7 @@ class Coordinator:
             args.append(plan.finished_at)
         # One round trip: the guarded update, its log entries and its outbox
         # rows; the inserts only happen when the version check passed.
-        updated = await conn.fetchval(
+        result = await conn.fetchrow(
             f"""
             WITH moved AS (
                 UPDATE saga.instances SET {', '.join(sets)}
@@ -293,15 +295,16 @@ class Coordinator:
                 SELECT $1, s, k, d FROM unnest($5::text[], $6::text[], $7::text[]) AS l(s, k, d)
                 WHERE EXISTS (SELECT 1 FROM moved)
             ), sent AS (
-                {insert_sql(SCHEMA, 8)} WHERE EXISTS (SELECT 1 FROM moved)
+                {insert_sql(SCHEMA, 8, where="EXISTS (SELECT 1 FROM moved)")}
             )
-            SELECT count(*) FROM moved
+            SELECT (SELECT count(*) FROM moved) AS moved, ARRAY(SELECT id FROM sent) AS ids
             """,
             *args,
         )
-        if updated != 1:
+        if result["moved"] != 1:
             raise SagaMovedOn(state.session_id)
         metrics.observe_decision(decision, state.context.get(tracing.SAGA_CONTEXT_KEY))
+        return Written(list(result["ids"]), plan.out)
 
     def _command(self, definition: SagaDefinition, state: SagaState, effect: SendCommand) -> OutgoingMessage:
         step = definition.steps[definition.index_of(effect.step)]
@@ -386,7 +389,7 @@ async def _write_lane(
     sagas: dict[str, LaneSaga],
     entries: list[tuple[str, str, str, str]],
     out: list[OutgoingMessage],
-) -> None:
+) -> Written:
     """New rows, guarded updates, log entries and outbox rows in one statement."""
     new = [(sid, s) for sid, s in sagas.items() if s.changed and s.version == 0]
     moved = [(sid, s) for sid, s in sagas.items() if s.changed and s.version > 0]
@@ -429,7 +432,8 @@ async def _write_lane(
         ), sent AS (
             {insert_sql(SCHEMA, 21)}
         )
-        SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM moved) AS moved
+        SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM moved) AS moved,
+               ARRAY(SELECT id FROM sent) AS ids
         """,
         # New rows carry their definition's version; moved rows the row version they were read at.
         *columns(new, [s.state.definition_version for _, s in new]),  # type: ignore[union-attr]
@@ -440,3 +444,4 @@ async def _write_lane(
     if counts["inserted"] != len(new) or counts["moved"] != len(moved):
         raise SagaMovedOn(f"{len(new) - counts['inserted']} started and "
                           f"{len(moved) - counts['moved']} moved on elsewhere")
+    return Written(list(counts["ids"]), out)

@@ -90,8 +90,8 @@ class OrderEvents:
                 log.info("%s %s (id %s) already handled: duplicate ignored", topic, event.type,
                          event.id)
                 return
-            await enqueue(conn, SCHEMA, await self.apply(conn, data))
-        self._relay.wake()
+            written = await enqueue(conn, SCHEMA, await self.apply(conn, data))
+        self._relay.publish(written)
 
     async def apply(self, conn: asyncpg.Connection, data: BaseModel) -> list[OutgoingMessage]:
         """Judge the event against the order as it is now; on a lost race, re-read."""
@@ -141,5 +141,5 @@ class OrderEvents:
         _, reply = parse_message(msg, {REPLY_TYPE: CommandReply})
         assert isinstance(reply, CommandReply)
         async with self._pool.acquire() as conn, conn.transaction():
-            await enqueue(conn, SCHEMA, await settlement.on_reply(conn, reply))
-        self._relay.wake()
+            written = await enqueue(conn, SCHEMA, await settlement.on_reply(conn, reply))
+        self._relay.publish(written)

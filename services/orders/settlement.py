@@ -159,9 +159,8 @@ async def resend_due(pool: asyncpg.Pool, relay: OutboxRelay, retry_after: float,
     """Send again the commands of settlements still waiting past their deadline."""
     async with pool.acquire() as conn, conn.transaction():
         out = await claim_due(conn, retry_after, limit)
-        await enqueue(conn, SCHEMA, out)
-    if out:
-        relay.wake()
+        written = await enqueue(conn, SCHEMA, out)
+    relay.publish(written)
     return len(out)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from checkout_saga.outbox import OutboxRelay, enqueue
+from checkout_saga.outbox import OutboxRelay, Written, enqueue
 from checkout_saga.service import reply_message
 from services.payment.gateway import PaymentGateway, Pending
 from services.payment.handlers import record_answer
@@ -21,6 +21,7 @@ async def book_late_answers(pool: asyncpg.Pool, gateway: PaymentGateway, relay: 
     """Ask the gateway again (same idempotency key) about every unanswered payment."""
     await gateway.answered_late(500)
     booked = 0
+    written = Written()
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
             "SELECT checkout_session_id, idempotency_key, amount, currency FROM payment.payments "
@@ -35,8 +36,7 @@ async def book_late_answers(pool: asyncpg.Pool, gateway: PaymentGateway, relay: 
                 continue
             reply = await record_answer(conn, row["checkout_session_id"], answer, gateway)
             if reply is not None:
-                await enqueue(conn, "payment", [reply_message(SOURCE, reply)])
+                written.add(await enqueue(conn, "payment", [reply_message(SOURCE, reply)]))
                 booked += 1
-    if booked:
-        relay.wake()
+    relay.publish(written)
     return booked
