@@ -62,6 +62,19 @@ class Run:
     latency_ms: list[float] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
     done: int = 0
+    started: float = 0.0
+    finished: list[float] = field(default_factory=list)  # perf_counter at each result
+
+
+def windows(run: Run, seconds: float = 5.0) -> list[float]:
+    """Results per second in each ``seconds`` window from the first send: a
+    sustained rate stays flat, a system that slows as it fills does not."""
+    if not run.finished:
+        return []
+    counts = [0] * (int((max(run.finished) - run.started) // seconds) + 1)
+    for at in run.finished:
+        counts[int((at - run.started) // seconds)] += 1
+    return [round(c / seconds, 1) for c in counts]
 
 
 def _mix(rng: random.Random) -> str:
@@ -108,6 +121,7 @@ def drive(settings: Settings, run: Run, duration: float, rate: float | None, win
                     continue
                 run.kinds[sid] = "done"
                 run.latency_ms.append((now - sent) * 1000)
+                run.finished.append(now)
                 key = event["type"] if event["type"] == "CheckoutSucceeded" else \
                     f"CheckoutFailed/{event['data']['reason']}"
                 run.outcomes[key] = run.outcomes.get(key, 0) + 1
@@ -118,7 +132,7 @@ def drive(settings: Settings, run: Run, duration: float, rate: float | None, win
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     rng = random.Random(11)
-    started = time.perf_counter()
+    started = run.started = time.perf_counter()
     i = 0
     while time.perf_counter() - started < duration:
         if rate is not None:

@@ -81,6 +81,7 @@ def run(settings: Settings, counts: list[int], duration: float, rate: float | No
             "latency_ms": {k: round(v, 1) for k, v in lat.items()},
             "steps_ms": {s: {k: round(v, 1) for k, v in p.items()} for s, p in steps.items()},
             "outcomes": result.outcomes, "guarantees": guarantees,
+            "per_5s_window": bench.windows(result),
             "vs_baseline": {
                 "throughput_ratio": round(throughput / pg_equiv, 3) if pg_equiv else None,
                 "p50_ratio": round(lat["p50"] / kafka_rt["p50"], 1) if kafka_rt["p50"] else None,
@@ -118,6 +119,7 @@ def render(report: dict[str, Any]) -> None:
             steps.add_row(step, str(p["p50"]), str(p["p95"]), str(p["p99"]))
         console.print(steps)
         console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items())))
+        console.print("results per second, 5 s windows: " + ", ".join(map(str, r["per_5s_window"])))
 
 
 # `checkout-saga bench inventory`: reservations per second, four ways (bench_inventory.py).

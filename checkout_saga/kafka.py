@@ -37,6 +37,7 @@ def consumer_config(settings: Settings, group: str) -> dict[str, Any]:
         "heartbeat.interval.ms": settings.checkout_kafka_heartbeat_interval_ms,
         "partition.assignment.strategy": "range",
         "fetch.wait.max.ms": settings.checkout_kafka_fetch_wait_max_ms,
+        "fetch.min.bytes": settings.checkout_kafka_fetch_min_bytes,
         "enable.partition.eof": False,
     }
 
@@ -46,7 +47,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "bootstrap.servers": settings.kafka,
         "acks": "all",
         "enable.idempotence": True,
-        "linger.ms": 2,
+        "linger.ms": settings.checkout_kafka_linger_ms,
         "compression.type": "lz4",
     }
 

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     checkout_kafka_session_timeout_ms: int = 6000
     checkout_kafka_heartbeat_interval_ms: int = 2000
     checkout_kafka_fetch_wait_max_ms: int = 10
+    checkout_kafka_fetch_min_bytes: int = Field(default=1, ge=1)
+    checkout_kafka_linger_ms: float = Field(default=2, ge=0)
     checkout_consumer_batch: int = 500
     checkout_key_concurrency: int = 64
     # Lanes per consumed batch, each one transaction for many messages
@@ -53,7 +55,7 @@ class Settings(BaseSettings):
     checkout_consumer_lanes: int = Field(default=2, ge=0)
     # Batches a consumer handles at once (different keys only), and how often
     # it commits offsets (a redelivery after a crash is absorbed by the inbox).
-    checkout_consumer_inflight_batches: int = Field(default=2, ge=1)
+    checkout_consumer_inflight_batches: int = Field(default=1, ge=1)
     checkout_consumer_commit_interval_ms: int = Field(default=200, ge=0)
     checkout_db_pool_size: int = 12
     checkout_data_dir: Path = Path(".checkout-saga")

@@ -132,6 +132,13 @@ class ConsumerLoop:
         stalled = False
         try:
             while not stop.is_set():
+                # Room first, then fetch: what arrives while the batches in
+                # flight run is fetched as one batch, not trickled in small ones.
+                running = [d.task for d in inflight if not d.task.done()]
+                if len(running) >= self._inflight_batches:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    stalled = stalled or self._settle(inflight)
+                    continue
                 msgs: list[Message] = await self._call(self._fetch)
                 good = [m for m in msgs if not self._is_error(m)]
                 if good:
@@ -139,9 +146,6 @@ class ConsumerLoop:
                     waits = [d.task for d in inflight if not d.task.done() and d.keys & keys]
                     if waits:
                         await asyncio.wait(waits)
-                    while sum(not d.task.done() for d in inflight) >= self._inflight_batches:
-                        await asyncio.wait([d.task for d in inflight if not d.task.done()],
-                                           return_when=asyncio.FIRST_COMPLETED)
                     inflight.append(_Dispatch(
                         asyncio.create_task(self._handle_batch(good, stop)), keys, _next_offsets(good)))
                 stalled = stalled or self._settle(inflight)
