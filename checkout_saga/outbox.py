@@ -193,7 +193,8 @@ class OutboxRelay:
     async def _sweep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             # Cleared before the pass, not after: a wake during the pass counts.
-            woken, _ = self._wake.is_set(), self._wake.clear()
+            woken = self._wake.is_set()
+            self._wake.clear()
             try:
                 sent = await self.publish_once(older_than=0.0 if woken else self._grace)
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any outage

@@ -11,7 +11,7 @@ deploy that changes the steps never changes a saga already in flight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -33,6 +33,10 @@ class Step:
     timeout_reason: str | None = None
     # Context key that must be truthy for the step to run (None: always).
     only_if: str | None = None
+    # Sent together with the step before it: the steps of such a stage run at
+    # once and the saga moves on when all of them have answered. A stage's
+    # steps must not need each other's replies, and share one deadline.
+    alongside: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,24 @@ class SagaDefinition:
     def pivot_index(self) -> int:
         """Index of the pivot step; len(steps) when there is none."""
         return next((i for i, s in enumerate(self.steps) if s.pivot), len(self.steps))
+
+    def stage(self, start: int) -> range:
+        """The indices of the stage that starts at ``start``: it and the steps
+        right after it that run alongside."""
+        end = start + 1
+        while end < len(self.steps) and self.steps[end].alongside:
+            end += 1
+        return range(start, end)
+
+    def __post_init__(self) -> None:
+        for i, step in enumerate(self.steps):
+            if not step.alongside:
+                continue
+            first = self.steps[i - 1] if i else None
+            if first is None or step.pivot or first.pivot:
+                raise ValueError(f"{step.name}: the pivot and the first step run alone")
+            if (step.timeout, step.on_timeout) != (first.timeout, first.on_timeout):
+                raise ValueError(f"{step.name}: a stage's steps share one deadline")
 
 
 CHECKOUT_V1 = SagaDefinition(
@@ -95,7 +117,22 @@ CHECKOUT_V2 = SagaDefinition(
     ),
 )
 
+
+def alongside(definition: SagaDefinition, version: int, *names: str) -> SagaDefinition:
+    """``definition`` as a new version in which ``names`` run alongside the step before them."""
+    steps = tuple(replace(s, alongside=s.name in names) for s in definition.steps)
+    return SagaDefinition(definition.name, version, steps)
+
+
+# Version 3 is version 2 with the capture and the confirmation sent together
+# after the pivot: both only go forward and neither needs the other's answer,
+# so a checkout makes two Kafka hops fewer. (Creating the order alongside the
+# reservation would save two more, but every cart that cannot be held, the
+# commonest failure at peak, would then leave a cancelled order and its
+# events behind.)
+CHECKOUT_V3 = alongside(CHECKOUT_V2, 3, "confirm_order")
+
 DEFINITIONS: dict[int, SagaDefinition] = {
-    d.version: d for d in (CHECKOUT_V1, CHECKOUT_V2)
+    d.version: d for d in (CHECKOUT_V1, CHECKOUT_V2, CHECKOUT_V3)
 }
-CURRENT = CHECKOUT_V2
+CURRENT = CHECKOUT_V3

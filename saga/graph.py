@@ -3,8 +3,9 @@ marked (``checkout-saga saga graph [SESSION_ID]``). Pure: it reads a
 ``SagaDefinition`` and, for an instance, the step log that ``saga show``
 prints.
 
-The drawing follows the machine's rules (``saga.machine``): steps run in
-order (a step with ``only_if`` can be skipped); a step up to and including
+The drawing follows the machine's rules (``saga.machine``): stages run in
+order, the steps of a stage side by side (a step with ``only_if`` can be
+skipped); a step up to and including
 the pivot that fails starts the compensations of the steps completed before
 it, newest first (a step that fails on timeout is undone too, since it may
 have happened); after the pivot a step only goes forward, retrying.
@@ -92,6 +93,8 @@ def mermaid(definition: SagaDefinition, progress: Progress | None = None) -> str
             extra.append(f"only if {step.only_if}")
         if step.on_timeout is OnTimeout.FAIL:
             extra.append(f"timeout: {step.timeout_reason or 'fail'}")
+        if step.alongside:
+            extra.append(f"alongside {steps[i - 1].name}")
         shape = ("[[", "]]") if step.pivot else ("[", "]")
         out.append(f"    {_node_id(step.name)}{shape[0]}"
                    f"{_label(step.name, f'{step.service}: {step.action}', *extra)}{shape[1]}")
@@ -102,15 +105,22 @@ def mermaid(definition: SagaDefinition, progress: Progress | None = None) -> str
             lines.append("if it ran")
         out.append(f"    undo_{_node_id(step.name)}>{_label(*lines)}]")
 
-    # Forward: each step to the next; a conditional step can be skipped.
-    prev = "start"
-    for i, step in enumerate(steps):
-        out.append(f"    {prev} --> {_node_id(step.name)}")
-        if step.only_if:
-            nxt = _node_id(steps[i + 1].name) if i + 1 < len(steps) else "SUCCEEDED"
-            out.append(f"    {prev} -. no {step.only_if} .-> {nxt}")
-        prev = _node_id(step.name)
-    out.append(f"    {prev} --> SUCCEEDED")
+    # Forward: each stage to the next (the steps of a stage side by side);
+    # a conditional step can be skipped.
+    prev = ["start"]
+    i = 0
+    while i < len(steps):
+        stage = [steps[j] for j in definition.stage(i)]
+        for step in stage:
+            out.extend(f"    {p} --> {_node_id(step.name)}" for p in prev)
+        after = definition.stage(i)[-1] + 1
+        for step in stage:
+            if step.only_if:
+                nxt = _node_id(steps[after].name) if after < len(steps) else "SUCCEEDED"
+                out.extend(f"    {p} -. no {step.only_if} .-> {nxt}" for p in prev)
+        prev = [_node_id(s.name) for s in stage]
+        i = after
+    out.extend(f"    {p} --> SUCCEEDED" for p in prev)
 
     # Backward: a failure undoes the completed steps, newest first.
     def undo_before(index: int) -> str:

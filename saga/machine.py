@@ -89,12 +89,31 @@ def _start(definition: SagaDefinition, config: MachineConfig, event: Started) ->
     return _advance(definition, config, state, after=-1, log=(started,))
 
 
+def _runs(step: Step, state: SagaState) -> bool:
+    return step.only_if is None or bool(state.context.get(step.only_if))
+
+
 def _next_runnable(definition: SagaDefinition, state: SagaState, after: int) -> int | None:
     for i in range(after + 1, len(definition.steps)):
-        only_if = definition.steps[i].only_if
-        if only_if is None or state.context.get(only_if):
+        if _runs(definition.steps[i], state):
             return i
     return None
+
+
+def _in_flight(definition: SagaDefinition, state: SagaState) -> list[Step]:
+    """The steps of the running stage that have not answered yet, in order."""
+    steps = (definition.steps[i] for i in definition.stage(state.cursor))
+    return [s for s in steps if _runs(s, state) and s.name not in state.completed]
+
+
+def _step_done(
+    definition: SagaDefinition, config: MachineConfig, state: SagaState, log: tuple[LogEntry, ...]
+) -> Decision:
+    """A step of the running stage is done: move on once the whole stage is."""
+    if _in_flight(definition, state):
+        return Decision(state, (), log)
+    last = definition.stage(state.cursor)[-1]
+    return _advance(definition, config, state, after=last, log=log)
 
 
 def _advance(
@@ -121,13 +140,13 @@ def _send_action(
     state: SagaState,
     log: tuple[LogEntry, ...] = (),
 ) -> Decision:
-    step = definition.steps[state.cursor]
-    effects: tuple[Effect, ...] = (
-        SendCommand(step.name, step.action, state.attempt, compensation=False),
-        ScheduleDeadline(_action_timeout(config, step, state.attempt), state.deadline_token),
-    )
-    entry = LogEntry(step.name, "command", f"{step.action} sent (attempt {state.attempt})")
-    return Decision(state, effects, log + (entry,))
+    stage = _in_flight(definition, state)
+    sends = tuple(SendCommand(s.name, s.action, state.attempt, compensation=False) for s in stage)
+    # One deadline for the stage: its steps share their timeout (definition.py checks).
+    deadline = ScheduleDeadline(_action_timeout(config, stage[0], state.attempt), state.deadline_token)
+    entries = tuple(LogEntry(s.name, "command", f"{s.action} sent (attempt {state.attempt})")
+                    for s in stage)
+    return Decision(state, (*sends, deadline), log + entries)
 
 
 def _action_timeout(config: MachineConfig, step: Step, attempt: int) -> float:
@@ -147,9 +166,9 @@ def _on_reply(
     definition: SagaDefinition, config: MachineConfig, state: SagaState, event: Replied
 ) -> Decision:
     if state.status is SagaStatus.RUNNING:
-        step = definition.steps[state.cursor]
-        if event.command == step.action:
-            return _on_action_reply(definition, config, state, step, event)
+        for step in _in_flight(definition, state):
+            if event.command == step.action:
+                return _on_action_reply(definition, config, state, step, event)
     if state.status is SagaStatus.COMPENSATING:
         step = definition.steps[definition.index_of(state.to_compensate[state.cursor])]
         if event.command == step.compensation:
@@ -167,14 +186,16 @@ def _on_action_reply(
     if event.ok:
         done = replace(state, completed=state.completed + (step.name,)).with_context(event.data)
         entry = LogEntry(step.name, "succeeded", f"{step.action} succeeded")
-        return _advance(definition, config, done, after=state.cursor, log=(entry,))
+        return _step_done(definition, config, done, (entry,))
     failure = event.failure or Failure("INVALID_REQUEST", f"{step.action} failed")
     entry = LogEntry(step.name, "failed", f"{failure.reason}: {failure.detail}")
     if state.cursor > definition.pivot_index:
         # Past the pivot there is no going back; the step's deadline re-sends it.
         retry = LogEntry(step.name, "retry-scheduled", "forward-only step failed; will retry")
         return Decision(state, (), (entry, retry))
-    return _compensate(definition, config, state, failure, log=(entry,))
+    # A step of its stage still in flight may have happened: undo it too.
+    others = tuple(s.name for s in _in_flight(definition, state) if s is not step)
+    return _compensate(definition, config, state, failure, also=others, log=(entry,))
 
 
 def _on_stray_reply(definition: SagaDefinition, state: SagaState, event: Replied) -> Decision:
@@ -207,7 +228,8 @@ def _on_deadline(
         return Decision(state)
     if state.status is SagaStatus.COMPENSATING:
         return _retry_compensation(definition, config, state)
-    step = definition.steps[state.cursor]
+    waiting = _in_flight(definition, state)
+    step = waiting[0]
     if step.on_timeout is OnTimeout.FAIL and state.cursor < definition.pivot_index:
         seconds = config.timeouts.get(step.timeout, config.timeouts["step"])
         failure = Failure(
@@ -215,10 +237,12 @@ def _on_deadline(
             f"{step.action} got no answer within {seconds:g} seconds.",
         )
         entry = LogEntry(step.name, "timeout", failure.detail)
-        # The timed-out step may still have happened: undo it too.
-        return _compensate(definition, config, state, failure, also=step.name, log=(entry,))
-    entry = LogEntry(step.name, "timeout", f"no answer to {step.action}; re-sending")
-    return _send_action(definition, config, replace(state, attempt=state.attempt + 1), (entry,))
+        # The timed-out steps may still have happened: undo them too.
+        also = tuple(s.name for s in waiting)
+        return _compensate(definition, config, state, failure, also=also, log=(entry,))
+    entries = tuple(LogEntry(s.name, "timeout", f"no answer to {s.action}; re-sending")
+                    for s in waiting)
+    return _send_action(definition, config, replace(state, attempt=state.attempt + 1), entries)
 
 
 # ---- compensation ----------------------------------------------------------
@@ -229,13 +253,13 @@ def _compensate(
     config: MachineConfig,
     state: SagaState,
     failure: Failure,
-    also: str | None = None,
+    also: tuple[str, ...] = (),
     log: tuple[LogEntry, ...] = (),
 ) -> Decision:
-    names = state.completed + ((also,) if also else ())
-    undo = tuple(
-        name for name in reversed(names) if definition.steps[definition.index_of(name)].compensation
-    )
+    # In reverse order of the definition, which for steps of different stages
+    # is the reverse of completion; steps of one stage have no order of their own.
+    names = sorted(state.completed + also, key=definition.index_of, reverse=True)
+    undo = tuple(name for name in names if definition.steps[definition.index_of(name)].compensation)
     state = replace(state, failure=failure, to_compensate=undo)
     if not undo:
         return _fail(state, log)
@@ -336,7 +360,8 @@ def _on_operator(
 
 def _step_in_flight(definition: SagaDefinition, state: SagaState) -> Step | None:
     if state.status is SagaStatus.RUNNING and 0 <= state.cursor < len(definition.steps):
-        return definition.steps[state.cursor]
+        waiting = _in_flight(definition, state)
+        return waiting[0] if waiting else definition.steps[state.cursor]
     if state.status is SagaStatus.COMPENSATING and 0 <= state.cursor < len(state.to_compensate):
         return definition.steps[definition.index_of(state.to_compensate[state.cursor])]
     return None
@@ -379,10 +404,10 @@ def _operator_compensate(
             "retry or skip-step it instead",
         )
     failure = Failure("CANCELLED", f"The checkout was cancelled by an operator: {event.reason}")
-    step = definition.steps[state.cursor]
-    # The step in flight may have happened: undo it too, as a timeout does.
+    # The steps in flight may have happened: undo them too, as a timeout does.
+    also = tuple(s.name for s in _in_flight(definition, state))
     return _compensate(
-        definition, config, replace(state, stuck=False), failure, also=step.name, log=(entry,)
+        definition, config, replace(state, stuck=False), failure, also=also, log=(entry,)
     )
 
 
@@ -397,10 +422,10 @@ def _operator_skip(
         return _refuse(state, entry, "skipping a step needs a reason")
     state = replace(state, stuck=False)
     if state.status is SagaStatus.RUNNING:
-        step = definition.steps[state.cursor]
+        step = _in_flight(definition, state)[0]
         skipped = LogEntry(step.name, "skipped", f"{step.action} treated as done: {event.reason}")
         done = replace(state, completed=state.completed + (step.name,)).with_context(event.data)
-        return _advance(definition, config, done, after=state.cursor, log=(entry, skipped))
+        return _step_done(definition, config, done, (entry, skipped))
     step = definition.steps[definition.index_of(state.to_compensate[state.cursor])]
     skipped = LogEntry(step.name, "skipped", f"{step.compensation} treated as done: {event.reason}")
     if state.cursor + 1 >= len(state.to_compensate):
