@@ -1,7 +1,8 @@
-"""Stages: steps that run alongside one another. Version 3 sends the capture
-and the confirmation together after the pivot; ``STAGED`` (tests only) also
-creates the order alongside the reservation, to cover a stage that can fail
-and be compensated. Versions 1 and 2 (one step at a time) are covered by
+"""Stages: steps that run alongside one another. Version 3 authorizes the
+payment while it creates the order, and sends the capture and the
+confirmation together after the pivot; ``STAGED`` (tests only) also creates
+the order alongside the reservation, a stage of two steps that can both be
+compensated. Versions 1 and 2 (one step at a time) are covered by
 test_saga_machine.py, which stages must leave passing unchanged."""
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def stages(definition: SagaDefinition) -> list[list[str]]:
     return found
 
 
-def test_version_3_is_current_and_version_2_with_capture_and_confirmation_together() -> None:
+def test_version_3_is_current_version_2_in_five_stages() -> None:
     assert CURRENT is CHECKOUT_V3
-    assert [s.name for s in CHECKOUT_V3.steps] == [s.name for s in CHECKOUT_V2.steps]
-    assert stages(CHECKOUT_V3) == [["apply_promo"], ["reserve_stock"], ["create_order"],
-                                   ["authorize_payment"], ["commit_stock"],
+    assert sorted(s.name for s in CHECKOUT_V3.steps) == sorted(s.name for s in CHECKOUT_V2.steps)
+    assert stages(CHECKOUT_V3) == [["apply_promo"], ["reserve_stock"],
+                                   ["authorize_payment", "create_order"], ["commit_stock"],
                                    ["capture_payment", "confirm_order"]]
     assert stages(STAGED)[1] == ["reserve_stock", "create_order"]
 
@@ -154,24 +155,58 @@ def test_a_duplicate_reply_inside_a_stage_changes_nothing() -> None:
     assert again.effects == () and run.now == before
 
 
-def test_stages_must_share_a_deadline_and_keep_the_pivot_alone() -> None:
+def test_only_a_stage_s_first_step_may_fail_on_timeout_and_the_pivot_runs_alone() -> None:
     with pytest.raises(ValueError, match="deadline"):
         SagaDefinition("x", 9, (Step("a", "s", "A"),
                                 Step("b", "s", "B", timeout="payment", on_timeout=OnTimeout.FAIL,
                                      alongside=True)))
+    # The first step of a stage may fail on its deadline.
+    SagaDefinition("x", 9, (Step("a", "s", "A", on_timeout=OnTimeout.FAIL), Step("b", "s", "B", alongside=True)))
     with pytest.raises(ValueError, match="pivot"):
         SagaDefinition("x", 9, (Step("a", "s", "A", pivot=True), Step("b", "s", "B", alongside=True)))
     with pytest.raises(ValueError, match="pivot"):
         SagaDefinition("x", 9, (Step("b", "s", "B", alongside=True),))
 
 
-def test_version_3_runs_one_step_at_a_time_until_the_pivot() -> None:
+def test_version_3_end_to_end_in_five_rounds() -> None:
     run = Run(CHECKOUT_V3, CONFIG)
     assert commands(run.start()) == ["ReserveStock"]
-    assert commands(run.ok("ReserveStock")) == ["CreateOrder"]
-    assert commands(run.ok("CreateOrder")) == ["AuthorizePayment"]
-    assert commands(run.ok("AuthorizePayment")) == ["CommitStock"]
+    stage = run.ok("ReserveStock")
+    assert commands(stage) == ["AuthorizePayment", "CreateOrder"]
+    assert [d.seconds for d in deadlines(stage)] == [30.0]  # the payment's deadline leads
+    run.ok("CreateOrder")
+    assert commands(run.ok("AuthorizePayment", authorization_id="au_1")) == ["CommitStock"]
     assert commands(run.ok("CommitStock")) == ["CapturePayment", "ConfirmOrder"]
     run.ok("ConfirmOrder")
     run.ok("CapturePayment")
     assert run.now.status is SagaStatus.SUCCEEDED
+
+
+def test_version_3_a_decline_cancels_the_order_then_releases_the_stock() -> None:
+    run = Run(CHECKOUT_V3, CONFIG)
+    run.start()
+    run.ok("ReserveStock")
+    run.ok("CreateOrder")
+    assert commands(run.fail("AuthorizePayment", DECLINED)) == ["CancelOrder"]
+    assert run.now.to_compensate == ("create_order", "reserve_stock")
+
+
+def test_version_3_a_payment_timeout_undoes_the_order_in_flight_too() -> None:
+    run = Run(CHECKOUT_V3, CONFIG)
+    run.start()
+    run.ok("ReserveStock")
+    decision = run.deadline()
+    assert (decision.log[0].step, decision.log[0].kind) == ("authorize_payment", "timeout")
+    assert run.now.failure is not None and run.now.failure.reason == "PAYMENT_TIMEOUT"
+    # Both may have happened: the order is cancelled, the authorization voided.
+    assert run.now.to_compensate == ("create_order", "authorize_payment", "reserve_stock")
+
+
+def test_version_3_once_paid_an_unanswered_order_is_re_sent_not_failed() -> None:
+    run = Run(CHECKOUT_V3, CONFIG)
+    run.start()
+    run.ok("ReserveStock")
+    run.ok("AuthorizePayment", authorization_id="au_1")
+    decision = run.deadline()
+    assert commands(decision) == ["CreateOrder"] and run.now.status is SagaStatus.RUNNING
+    assert [d.seconds for d in deadlines(decision)] == [40.0]  # the step timeout, backed off
