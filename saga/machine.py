@@ -256,9 +256,11 @@ def _compensate(
     also: tuple[str, ...] = (),
     log: tuple[LogEntry, ...] = (),
 ) -> Decision:
-    # In reverse order of the definition, which for steps of different stages
-    # is the reverse of completion; steps of one stage have no order of their own.
-    names = sorted(state.completed + also, key=definition.index_of, reverse=True)
+    # First the steps in flight that may have happened (``also``: the one that
+    # timed out first, so a late authorization is voided first), then the
+    # completed ones in reverse definition order (for steps of different
+    # stages, the reverse of completion; one stage's steps have no order).
+    names = also + tuple(sorted(state.completed, key=definition.index_of, reverse=True))
     undo = tuple(name for name in names if definition.steps[definition.index_of(name)].compensation)
     state = replace(state, failure=failure, to_compensate=undo)
     if not undo:

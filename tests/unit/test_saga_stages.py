@@ -199,7 +199,7 @@ def test_version_3_a_payment_timeout_undoes_the_order_in_flight_too() -> None:
     assert (decision.log[0].step, decision.log[0].kind) == ("authorize_payment", "timeout")
     assert run.now.failure is not None and run.now.failure.reason == "PAYMENT_TIMEOUT"
     # Both may have happened: the order is cancelled, the authorization voided.
-    assert run.now.to_compensate == ("create_order", "authorize_payment", "reserve_stock")
+    assert run.now.to_compensate == ("authorize_payment", "create_order", "reserve_stock")
 
 
 def test_version_3_once_paid_an_unanswered_order_is_re_sent_not_failed() -> None:
