@@ -65,9 +65,15 @@ class Written:
         return self
 
 
+def traced(message: OutgoingMessage) -> OutgoingMessage:
+    """The message with the current span's traceparent, taken now (a lane
+    writes its outbox rows after the last message's span has ended)."""
+    return dataclasses.replace(message, headers=tracing.inject(message.headers))
+
+
 async def enqueue(conn: asyncpg.Connection, schema: str, messages: Iterable[OutgoingMessage]) -> Written:
     # Stamped now, so the row and the fast path carry the same traceparent.
-    msgs = [dataclasses.replace(m, headers=tracing.inject(m.headers)) for m in messages]
+    msgs = [traced(m) for m in messages]
     args = insert_args(msgs)
     if not msgs:
         return Written()

@@ -14,7 +14,6 @@ consumer loop falls back to ``handle``, one command at a time.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from confluent_kafka import Message
 from checkout_saga import tracing
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message, parse_message
-from checkout_saga.outbox import OutboxRelay, Written, insert_args, insert_sql
+from checkout_saga.outbox import OutboxRelay, Written, insert_args, insert_sql, traced
 from checkout_saga.topics import SAGA_REPLIES
 from schemas.internal import REPLY_TYPE, Command, CommandReply
 
@@ -219,7 +218,3 @@ class CommandService:
                                 r["checkout_session_id"], bytes(r["reply"])) for r in rows]
 
 
-def traced(message: OutgoingMessage) -> OutgoingMessage:
-    """The message with the current span's traceparent, taken now (a lane
-    writes its outbox rows after the last message's span has ended)."""
-    return dataclasses.replace(message, headers=tracing.inject(message.headers))

@@ -92,8 +92,8 @@ class ConsumerLoop:
         key_concurrency: int = 64,
         batch_handler: BatchHandler | None = None,
         batch_topics: frozenset[str] = frozenset(),
-        lanes: int = 4,
-        inflight_batches: int = 2,
+        lanes: int = 2,
+        inflight_batches: int = 1,
         commit_interval: float = 0.2,
     ) -> None:
         self.name = name
@@ -175,10 +175,12 @@ class ConsumerLoop:
                 self._pending[tp] = max(self._pending.get(tp, -1), offset)
         return False
 
-    def _take_pending(self) -> list[TopicPartition]:
-        pending = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
-        self._pending.clear()
-        return pending
+    def _take_pending(self, only: set[tuple[str, int]] | None = None) -> list[TopicPartition]:
+        """The offsets to commit (of ``only`` those partitions), no longer pending."""
+        taken = [(tp, o) for tp, o in list(self._pending.items()) if only is None or tp in only]
+        for tp, _ in taken:
+            self._pending.pop(tp, None)
+        return [TopicPartition(t, p, o) for (t, p), o in taken]
 
     async def _commit(self, force: bool) -> None:
         """Commit at most every commit_interval (or when idle): each commit is
@@ -196,10 +198,7 @@ class ConsumerLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Runs in the consumer's thread, inside poll(): hand over what is done.
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
-        offsets = [TopicPartition(t, p, o) for (t, p), o in list(self._pending.items()) if (t, p) in revoked]
-        for tp in offsets:
-            self._pending.pop((tp.topic, tp.partition), None)
+        offsets = self._take_pending({(tp.topic, tp.partition) for tp in partitions})
         if offsets:
             try:
                 consumer.commit(offsets=offsets, asynchronous=False)

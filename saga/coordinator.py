@@ -23,8 +23,7 @@ from checkout_saga import metrics, tracing
 from checkout_saga.errors import PermanentError, TransientError
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message, parse_message
-from checkout_saga.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql
-from checkout_saga.service import traced
+from checkout_saga.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql, traced
 from checkout_saga.topics import COMMAND_TOPICS
 from checkout_saga.worker import dead_letter
 from saga.commands import build_command

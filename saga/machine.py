@@ -142,7 +142,8 @@ def _send_action(
 ) -> Decision:
     stage = _in_flight(definition, state)
     sends = tuple(SendCommand(s.name, s.action, state.attempt, compensation=False) for s in stage)
-    # One deadline for the stage: its steps share their timeout (definition.py checks).
+    # One deadline for the stage: its first unanswered step's (only that one may
+    # fail on timeout; definition.py checks).
     deadline = ScheduleDeadline(_action_timeout(config, stage[0], state.attempt), state.deadline_token)
     entries = tuple(LogEntry(s.name, "command", f"{s.action} sent (attempt {state.attempt})")
                     for s in stage)

@@ -6,6 +6,7 @@ order, once they are older than the grace period."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -54,15 +55,27 @@ async def published(bus: Bus, topic: str, want: int, timeout: float = 20.0) -> l
             return got
 
 
-async def test_fast_path_publishes_at_once_and_deletes_the_rows(stack, pool, topic) -> None:  # type: ignore[no-untyped-def]
-    producer = AsyncProducer({"bootstrap.servers": stack.bootstrap, "acks": "all",
+@contextlib.asynccontextmanager
+async def relay_running(bootstrap: str, pool: asyncpg.Pool, grace: float) -> AsyncIterator[tuple[OutboxRelay, Bus]]:
+    """A relay running over the scratch outbox, and an outside reader of the broker."""
+    producer = AsyncProducer({"bootstrap.servers": bootstrap, "acks": "all",
                               "enable.idempotence": True, "linger.ms": 2})
-    # A grace far beyond the test: whatever is published came by the fast path.
-    relay = OutboxRelay(pool, SCHEMA, producer, idle_poll=0.1, grace=600)
+    relay = OutboxRelay(pool, SCHEMA, producer, idle_poll=0.1, grace=grace)
     stop = asyncio.Event()
     running = asyncio.create_task(relay.run(stop))
-    bus = Bus(stack.bootstrap)
+    bus = Bus(bootstrap)
     try:
+        yield relay, bus
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        producer.close()
+        bus.close()
+
+
+async def test_fast_path_publishes_at_once_and_deletes_the_rows(stack, pool, topic) -> None:  # type: ignore[no-untyped-def]
+    # A grace far beyond the test: whatever is published came by the fast path.
+    async with relay_running(stack.bootstrap, pool, grace=600) as (relay, bus):
         written = await write(pool, topic, ["a", "b", "c"])
         assert len(written.ids) == 3 and await rows(pool) == 3
         relay.publish(written)
@@ -73,50 +86,23 @@ async def test_fast_path_publishes_at_once_and_deletes_the_rows(stack, pool, top
             await asyncio.sleep(0.05)
         assert await rows(pool) == 0
         assert relay.published == 3
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
-        producer.close()
-        bus.close()
 
 
 async def test_sweep_publishes_rows_left_behind_after_the_grace(stack, pool, topic) -> None:  # type: ignore[no-untyped-def]
-    producer = AsyncProducer({"bootstrap.servers": stack.bootstrap, "acks": "all",
-                              "enable.idempotence": True, "linger.ms": 2})
-    relay = OutboxRelay(pool, SCHEMA, producer, idle_poll=0.1, grace=1.5)
-    stop = asyncio.Event()
-    bus = Bus(stack.bootstrap)
     # Committed, never handed to publish: the writer "died" after its commit.
     await write(pool, topic, ["k1", "k2"])
     await write(pool, topic, ["k3"])
-    running = asyncio.create_task(relay.run(stop))
-    try:
+    async with relay_running(stack.bootstrap, pool, grace=1.5) as (_relay, bus):
         # Younger than the grace: the sweep leaves them to their writer's fast path.
         assert await published(bus, topic, 1, timeout=0.5) == []
         assert await rows(pool) == 3
         assert await published(bus, topic, 3) == ["k1", "k2", "k3"]
         assert await rows(pool) == 0
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
-        producer.close()
-        bus.close()
 
 
 async def test_wake_sweeps_at_once_whatever_the_age(stack, pool, topic) -> None:  # type: ignore[no-untyped-def]
-    producer = AsyncProducer({"bootstrap.servers": stack.bootstrap, "acks": "all",
-                              "enable.idempotence": True, "linger.ms": 2})
-    relay = OutboxRelay(pool, SCHEMA, producer, idle_poll=0.1, grace=600)
-    stop = asyncio.Event()
-    running = asyncio.create_task(relay.run(stop))
-    bus = Bus(stack.bootstrap)
-    try:
+    async with relay_running(stack.bootstrap, pool, grace=600) as (relay, bus):
         await write(pool, topic, ["w1"])
         relay.wake()
         assert await published(bus, topic, 1) == ["w1"]
         assert await rows(pool) == 0
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
-        producer.close()
-        bus.close()
