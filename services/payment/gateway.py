@@ -10,17 +10,21 @@ The simulator behaves by token, as in the contract:
 
 It keeps its own books (table ``payment.gateway``) outside the caller's
 transaction, as a real gateway would, and honours an idempotency key: the
-same key never authorizes twice.
+same key never authorizes twice. Calls made together (a lane's
+``asyncio.gather``) are booked in one statement (`Coalescer`): the books are
+the same, the commits and round trips are one per batch instead of one per call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Protocol
 
 import asyncpg
 
+from checkout_saga.coalesce import Coalescer
 from checkout_saga.errors import TransientError
 
 
@@ -80,20 +84,16 @@ class SimulatedGateway:
     def __init__(self, pool: asyncpg.Pool, late_answer_after: float) -> None:
         self._pool = pool
         self._late = late_answer_after
+        self._book: Coalescer[str, tuple[str, int, str, str, float], asyncpg.Record] = (
+            Coalescer(self._book_many))
+        self._moves: dict[tuple[str, tuple[str, ...]], Coalescer[str, None, None]] = {}
 
     async def authorize(self, key: str, amount: int, currency: str, token: str) -> Authorization:
         # A first attempt's answer is known up front: it is booked by the same
         # statement that books the attempt. A row left NEW by a hiccup is
         # decided anew by the next attempt, from its attempt count.
         status = self._first_answer(token, 0)
-        row = await self._pool.fetchrow(
-            "INSERT INTO payment.gateway (idempotency_key, token, amount, currency, status, "
-            "answer_at) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) "
-            "ON CONFLICT (idempotency_key) DO UPDATE SET attempts = payment.gateway.attempts + 1 "
-            "RETURNING token, status, attempts, answer_at",
-            key, token, amount, currency, status, self._answer_after(status),
-        )
-        assert row is not None
+        row = await self._book(key, (token, amount, currency, status, self._answer_after(status)))
         if row["status"] == "NEW":
             status = self._first_answer(token, row["attempts"])
             row = await self._pool.fetchrow(
@@ -104,6 +104,22 @@ class SimulatedGateway:
             if row is None:  # a concurrent attempt decided first: its answer
                 return await self._answer(key)
         return await self._interpret(key, row)
+
+    async def _book_many(
+        self, calls: dict[str, tuple[str, int, str, str, float]]
+    ) -> dict[str, asyncpg.Record]:
+        keys = list(calls)
+        token, amount, currency, status, after = (list(c) for c in zip(*calls.values(), strict=True))
+        rows = await self._pool.fetch(
+            "INSERT INTO payment.gateway (idempotency_key, token, amount, currency, status, answer_at) "
+            "SELECT k, t, a, c, s, now() + make_interval(secs => d) FROM unnest("
+            "$1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::float8[]) "
+            "AS u(k, t, a, c, s, d) "
+            "ON CONFLICT (idempotency_key) DO UPDATE SET attempts = payment.gateway.attempts + 1 "
+            "RETURNING idempotency_key, token, status, attempts, answer_at",
+            keys, token, amount, currency, status, after,
+        )
+        return {row["idempotency_key"]: row for row in rows}
 
     def _first_answer(self, token: str, attempts: int) -> str:
         if token == "tok_flaky" and attempts < 2:
@@ -147,11 +163,18 @@ class SimulatedGateway:
         await self._set(key, "REFUNDED", ("CAPTURED",))
 
     async def _set(self, key: str, status: str, from_: tuple[str, ...]) -> None:
+        move = self._moves.get((status, from_))
+        if move is None:
+            move = self._moves[(status, from_)] = Coalescer(partial(self._set_many, status, from_))
+        await move(key, None)
+
+    async def _set_many(self, status: str, from_: tuple[str, ...], keys: dict[str, None]) -> dict[str, None]:
         await self._pool.execute(
-            "UPDATE payment.gateway SET status = $2 WHERE idempotency_key = $1 "
+            "UPDATE payment.gateway SET status = $2 WHERE idempotency_key = ANY($1::text[]) "
             "AND status = ANY($3::text[])",
-            key, status, list(from_),
+            list(keys), status, list(from_),
         )
+        return dict.fromkeys(keys)
 
     async def answered_late(self, limit: int) -> list[str]:
         """Authorizations that were pending and whose late answer is now due."""
