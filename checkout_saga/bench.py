@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from checkout_saga.client import checkout_request
 from checkout_saga.db import create_pool
 from checkout_saga.kafka import ensure_topics
-from checkout_saga.runtime import prepare
+from checkout_saga.runtime import ROLES, prepare
 from checkout_saga.settings import Settings
 from checkout_saga.topics import CHECKOUT_REQUESTED, CHECKOUT_RESULTS
 from services.inventory import store as inventory_store
@@ -292,7 +292,20 @@ def baseline_kafka(settings: Settings, round_trips: int = 200) -> dict[str, floa
 # ---- worker processes ----------------------------------------------------------------
 
 
-def start_workers(settings: Settings, count: int, logdir: Path) -> list[subprocess.Popen[bytes]]:
+# How one worker's roles are spread over processes. Production runs a process
+# per role (deploy/); "split" is the smallest such shape, the saga coordinator
+# apart from the services, which lets two Python processes use two cores.
+_COORDINATION = ("coordinator", "timers")
+LAYOUTS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "together": (ROLES,),
+    "split": (_COORDINATION, tuple(r for r in ROLES if r not in _COORDINATION)),
+    "per-role": tuple((role,) for role in ROLES),
+}
+
+
+def start_workers(settings: Settings, count: int, logdir: Path,
+                  layout: str = "together") -> list[subprocess.Popen[bytes]]:
+    """``count`` workers, each the processes of ``layout`` (every role once)."""
     env = dict(os.environ)
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka,
@@ -307,8 +320,10 @@ def start_workers(settings: Settings, count: int, logdir: Path) -> list[subproce
     logdir.mkdir(parents=True, exist_ok=True)
     procs = []
     for n in range(count):
-        log = open(logdir / f"bench-worker-{n}.log", "ab")
-        procs.append(subprocess.Popen([exe, "up"], env=env, stdout=log, stderr=subprocess.STDOUT))
+        for roles in LAYOUTS[layout]:
+            log = open(logdir / f"bench-worker-{n}-{'-'.join(roles)}.log", "ab")
+            argv = [exe, "up", *(a for role in roles for a in ("--role", role))]
+            procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
 

@@ -28,6 +28,11 @@ def end_to_end(
     rate: float | None = typer.Option(None, "--rate", min=1, help="Checkouts/s (default: as fast as possible)."),
     workers: str = typer.Option("1", "--workers", help="Worker process counts to compare, e.g. 1,2,4."),
     window: int = typer.Option(1000, "--window", min=1, help="Max checkouts in flight when unthrottled."),
+    layout: str = typer.Option(
+        "split", "--layout",
+        help="Roles per process in a worker: split (coordinator + timers | services), "
+             "together (one process), per-role (six).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Drive a checkout mix end to end and compare it with a raw baseline."""
@@ -36,6 +41,8 @@ def end_to_end(
     counts = [int(x) for x in workers.split(",") if x.strip()]
     if not counts or min(counts) < 1:
         raise typer.BadParameter("--workers takes positive integers, e.g. 1,2,4")
+    if layout not in bench.LAYOUTS:
+        raise typer.BadParameter(f"--layout is one of {', '.join(bench.LAYOUTS)}")
     settings = endpoints.resolve(Settings())
     if "checkout_partitions" not in settings.model_fields_set and not settings.kafka_bootstrap_servers:
         # The bench's own broker: one partition per worker process of the largest run,
@@ -43,7 +50,7 @@ def end_to_end(
         settings = settings.model_copy(update={"checkout_partitions": max(counts)})
     if settings.kafka_bootstrap_servers or len(counts) == 1:
         with endpoints.embedded(settings, "bench-stack") as settings:
-            report = run(settings, counts, duration, rate, window, as_json)
+            report = run(settings, counts, duration, rate, window, as_json, layout)
     else:
         # The bench's own broker: a fresh stack (and baseline) per worker count.
         # tansu's produce cost grows with its log, and one generation of
@@ -52,7 +59,7 @@ def end_to_end(
         reports = []
         for count in counts:
             with endpoints.embedded(settings, "bench-stack") as fresh:
-                reports.append(run(fresh, [count], duration, rate, window, as_json))
+                reports.append(run(fresh, [count], duration, rate, window, as_json, layout))
         report = reports[0] | {"runs": [r for each in reports for r in each["runs"]]}
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
@@ -63,19 +70,19 @@ def end_to_end(
 
 
 def run(settings: Settings, counts: list[int], duration: float, rate: float | None,
-        window: int, quiet: bool) -> dict[str, Any]:
+        window: int, quiet: bool, layout: str = "split") -> dict[str, Any]:
     asyncio.run(bench.prepare_all(settings))
     pg_equiv = asyncio.run(bench.baseline_postgres(settings))
     kafka_rt = bench.baseline_kafka(settings)
     runs = []
     for count in counts:
-        procs = bench.start_workers(settings, count, settings.checkout_data_dir / "bench-logs")
+        procs = bench.start_workers(settings, count, settings.checkout_data_dir / "bench-logs", layout)
         try:
             run_id = uuid.uuid4().hex[:6]
             bench.warm(settings, run_id)
             asyncio.run(bench.seed(settings, run_id))
             result = bench.Run(run_id=run_id)
-            with Progress(TextColumn(f"{count} worker process(es)"), BarColumn(), MofNCompleteColumn(),
+            with Progress(TextColumn(f"{count} worker(s), {layout}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), console=console, disable=quiet) as bar:
                 task = bar.add_task("bench", total=None)
                 elapsed = bench.drive(settings, result, duration, rate, window,
@@ -105,6 +112,7 @@ def run(settings: Settings, counts: list[int], duration: float, rate: float | No
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "rate": rate, "duration_s": duration, "partitions": settings.checkout_partitions,
+        "layout": layout, "processes_per_worker": [list(p) for p in bench.LAYOUTS[layout]],
         "baseline": {"postgres_checkout_equivalents_per_s": round(pg_equiv, 1),
                      "kafka_round_trip_ms": {k: round(v, 2) for k, v in kafka_rt.items()}},
         "runs": runs,
@@ -113,7 +121,8 @@ def run(settings: Settings, counts: list[int], duration: float, rate: float | No
 
 def render(report: dict[str, Any]) -> None:
     base = report["baseline"]
-    console.print(f"{report['partitions']} partition(s) per topic")
+    console.print(f"{report['partitions']} partition(s) per topic; each worker is "
+                  + " | ".join(" + ".join(p) for p in report["processes_per_worker"]))
     console.print(f"baseline: bare PostgreSQL transactions = {base['postgres_checkout_equivalents_per_s']} "
                   f"checkout-equivalents/s; bare Kafka round trip p50 {base['kafka_round_trip_ms']['p50']} ms, "
                   f"p99 {base['kafka_round_trip_ms']['p99']} ms")
