@@ -45,7 +45,7 @@ def end_to_end(
         raise typer.BadParameter(f"--layout is one of {', '.join(bench.LAYOUTS)}")
     settings = endpoints.resolve(Settings())
     if "checkout_partitions" not in settings.model_fields_set and not settings.kafka_bootstrap_servers:
-        # The bench's own broker: one partition per worker process of the largest run,
+        # The bench's own broker: one partition per process of a role in the largest run,
         # since every idle partition costs the broker a share of every fetch.
         settings = settings.model_copy(update={"checkout_partitions": max(counts)})
     if settings.kafka_bootstrap_servers or len(counts) == 1:

@@ -53,12 +53,14 @@ class Coalescer(Generic[K, V, R]):
             return
         try:
             results = await self._run(waiting)
-        except BaseException as exc:  # every caller sees the batch's failure
+        except asyncio.CancelledError:  # the loop is shutting down: so are the callers
+            for _value, future in batch.values():
+                future.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001  (handed on: every caller sees the failure)
             for _value, future in batch.values():
                 if not future.done():
                     future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
             return
         for key, (_value, future) in batch.items():
             if not future.done():

@@ -79,3 +79,20 @@ async def test_a_batch_without_an_answer_for_a_key_says_so() -> None:
 
     with pytest.raises(KeyError, match="no answer for 'a'"):
         await Coalescer(forgetful)("a", 1)
+
+
+async def test_a_batch_cancelled_at_shutdown_cancels_its_callers() -> None:
+    started = asyncio.Event()
+
+    async def stuck(batch: dict[str, int]) -> dict[str, int]:
+        started.set()
+        await asyncio.Event().wait()
+        return {}
+
+    coalesce = Coalescer(stuck)
+    caller = asyncio.ensure_future(coalesce("a", 1))
+    await within(started.wait())
+    for flush in list(coalesce._flushing):  # what loop shutdown does to pending tasks
+        flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(caller)
