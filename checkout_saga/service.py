@@ -151,7 +151,7 @@ class CommandService:
                             recorded.append((command.checkout_session_id, type(command).__name__,
                                              message.value))
                     out.extend(traced(m) for m in outcome.events)
-            out.extend(await self._recorded_replies(conn, repeats))
+            out.extend(traced(m) for m in await self._recorded_replies(conn, repeats))
             ids = await conn.fetch(
                 f"WITH recorded AS (UPDATE {self.schema}.inbox i SET reply = r.v "
                 "FROM unnest($5::text[], $6::text[], $7::bytea[]) AS r(s, c, v) "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +25,7 @@ from checkout_saga.db import create_pool, migrate
 from checkout_saga.errors import PermanentError
 from checkout_saga.kafka import AsyncProducer
 from checkout_saga.messages import event_message
-from checkout_saga.outbox import KeptOutbox, OutboxRelay
+from checkout_saga.outbox import KeptOutbox, OutboxRelay, Written
 from checkout_saga.runtime import DDL
 from checkout_saga.service import CommandService
 from checkout_saga.topics import CHECKOUT_REQUESTED, COMMAND_TOPICS, SAGA_REPLIES, dlq_topic
@@ -282,6 +283,49 @@ async def test_a_duplicate_runs_once_and_a_later_repeat_resends_the_recorded_rep
                        "ANY($1::text[])", [twice, other, later]) == 3
     if name == "inventory":
         assert await stock(pool, "DUP-SKU") == (7, 3, 0)
+
+
+class RecordingRelay:
+    """A relay that keeps what the fast path was handed (and publishes nothing)."""
+
+    def __init__(self) -> None:
+        self.handed: list[Written] = []
+
+    def publish(self, written: Written) -> None:
+        self.handed.append(written)
+
+    def wake(self) -> None:
+        return None
+
+
+async def test_a_resent_reply_leaves_with_the_trace_its_outbox_row_holds(stack, pool) -> None:  # type: ignore[no-untyped-def]
+    """The fast path sends the messages as written; the outbox row (what the
+    sweep would send after a crash) must carry the same headers, for a repeat too."""
+    client: Any = redis.asyncio.from_url(stack.env["REDIS_URL"])
+    stock_handlers = InventoryHandlers(RedisStockGate(client))
+    relay = RecordingRelay()
+    svc = CommandService("inventory", pool, inventory_lane.routes(stock_handlers),
+                         relay, stock_handlers.prelock)  # type: ignore[arg-type]
+    await product(pool, "TRACE-SKU", 10)
+    sid = uid("cs")
+    cart = reserve(sid, ("TRACE-SKU", 1))
+    handle = tracing.instrument("inventory", svc.handle)
+    trace_ids = []
+    for _ in range(2):  # the command, then its repeat (the recorded reply re-sent)
+        parent = tracing.format_traceparent(random.getrandbits(128) or 1, 7, 1)
+        trace_ids.append(parent.split("-")[1])
+        msg = command(cart)
+        await handle(Message(topic=msg.topic(), partition=0, offset=next(_offsets), key=msg.key(),
+                             value=msg.value(), headers=[("traceparent", parent.encode())]))
+    await client.aclose()
+    assert len(relay.handed) == 2
+    for written, trace_id in zip(relay.handed, trace_ids, strict=True):
+        (sent,) = written.messages
+        assert sent.headers["traceparent"].split("-")[1] == trace_id
+        rows = await pool.fetch("SELECT headers FROM inventory.outbox WHERE id = ANY($1::bigint[])",
+                                written.ids)
+        assert [json.loads(r["headers"]) for r in rows] == [sent.headers]
+    assert relay.handed[0].messages[0].value == relay.handed[1].messages[0].value
 
 
 # ---- d. a lane that fails writes nothing --------------------------------------------
