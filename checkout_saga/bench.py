@@ -304,7 +304,7 @@ LAYOUTS: dict[str, tuple[tuple[str, ...], ...]] = {
 
 
 def start_workers(settings: Settings, count: int, logdir: Path,
-                  layout: str = "together") -> list[subprocess.Popen[bytes]]:
+                  layout: str) -> list[subprocess.Popen[bytes]]:
     """``count`` workers, each the processes of ``layout`` (every role once)."""
     env = dict(os.environ)
     env.update(

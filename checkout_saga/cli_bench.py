@@ -70,7 +70,7 @@ def end_to_end(
 
 
 def run(settings: Settings, counts: list[int], duration: float, rate: float | None,
-        window: int, quiet: bool, layout: str = "split") -> dict[str, Any]:
+        window: int, quiet: bool, layout: str) -> dict[str, Any]:
     asyncio.run(bench.prepare_all(settings))
     pg_equiv = asyncio.run(bench.baseline_postgres(settings))
     kafka_rt = bench.baseline_kafka(settings)
