@@ -32,6 +32,13 @@ from schemas.contract import (
     dlq_topic,
 )
 from schemas.export import event_schema
+from schemas.limits import (
+    MAX_EVENT_BYTES,
+    MAX_HEADER_NAME_BYTES,
+    MAX_HEADER_VALUE_BYTES,
+    MAX_HEADERS,
+    MAX_HEADERS_BYTES,
+)
 
 __all__ = ["DEFAULT_PATH", "build_document", "is_stale", "main", "render", "write_document"]
 
@@ -141,7 +148,12 @@ def build_document(version: str | None = None) -> dict[str, Any]:
                 "JSON); the Kafka key is the checkout session id, so all events of one "
                 "checkout are on one partition, in order. Money is an integer count of the "
                 "currency's minor unit. The contract only grows: fields are added, never "
-                "renamed or dropped."
+                "renamed or dropped. Limits: a value is at most "
+                f"{MAX_EVENT_BYTES:,} bytes; {_HEADER_LIMITS} Text fields never contain "
+                "U+0000, and every amount and a cart's subtotal fit a signed 64-bit integer; "
+                "each payload schema gives its field limits. A message that fails a limit "
+                "gets CheckoutFailed INVALID_REQUEST where its session id can be read, "
+                "and goes to the topic's .dlq."
             ),
         },
         "defaultContentType": "application/json",
@@ -169,6 +181,14 @@ def build_document(version: str | None = None) -> dict[str, Any]:
     }
 
 
+# JSON Schema counts characters, Kafka bytes: only the count is a keyword.
+_HEADER_LIMITS: Final = (
+    f"Kafka headers: at most {MAX_HEADERS}, each name at most {MAX_HEADER_NAME_BYTES:,} bytes "
+    f"and each value at most {MAX_HEADER_VALUE_BYTES:,} bytes, {MAX_HEADERS_BYTES:,} bytes "
+    "in all."
+)
+
+
 def _message(event_type: str) -> dict[str, Any]:
     return {
         "name": event_type,
@@ -178,6 +198,8 @@ def _message(event_type: str) -> dict[str, Any]:
         "payload": {"$ref": f"{_SCHEMAS}{event_type}Event"},
         "headers": {
             "type": "object",
+            "description": _HEADER_LIMITS,
+            "maxProperties": MAX_HEADERS,
             "properties": {"traceparent": {
                 "type": "string",
                 "description": "W3C trace context of the checkout, when tracing is on."}},

@@ -23,6 +23,28 @@ from pydantic import (
     StringConstraints,
 )
 
+from schemas.limits import (
+    MAX_ADDRESS_LINE_CHARS,
+    MAX_AMOUNT,
+    MAX_CARRIER_CHARS,
+    MAX_CITY_CHARS,
+    MAX_ID_CHARS,
+    MAX_ITEMS,
+    MAX_NAME_CHARS,
+    MAX_PAYMENT_METHOD_CHARS,
+    MAX_PAYMENT_TOKEN_CHARS,
+    MAX_POSTAL_CODE_CHARS,
+    MAX_PROMO_CODE_CHARS,
+    MAX_QUANTITY,
+    MAX_REASON_CHARS,
+    MAX_REGION_CHARS,
+    MAX_SESSION_ID_CHARS,
+    MAX_SKU_CHARS,
+    MAX_STATUS_CHARS,
+    MAX_TRACKING_NUMBER_CHARS,
+    nul_problem,
+)
+
 __all__ = [
     "CHECKOUT_REQUESTED",
     "CHECKOUT_RESULTS",
@@ -72,15 +94,32 @@ def dlq_topic(topic: str) -> str:
 
 
 # --- field types ----------------------------------------------------------
+# Every bound comes from `schemas.limits`. Text never contains U+0000, which
+# PostgreSQL refuses in text and jsonb: a validator says so in a sentence (it
+# becomes a CheckoutFailed detail), and a `pattern` says so in the exported
+# JSON Schema, where a person cannot be given a sentence.
 
 # `^`/`$` rather than `\A`/`\Z`: pydantic's Rust regex engine and JSON Schema
 # (ECMA-262) both treat `$` as end of input, and neither knows `\Z`.
-_SESSION_ID_REGEX: Final = r"^[A-Za-z0-9_.:-]{1,128}$"
+_SESSION_ID_REGEX: Final = rf"^[A-Za-z0-9_.:-]{{1,{MAX_SESSION_ID_CHARS}}}$"
 
 # For code outside pydantic (DLQ headers, recovering a session id from a broken
 # event).  `\A...\Z` so `.match()` and `.search()` are as safe as `.fullmatch()`:
 # Python's `$` would accept a trailing newline.
-SESSION_ID_PATTERN: Final[re.Pattern[str]] = re.compile(r"\A[A-Za-z0-9_.:-]{1,128}\Z")
+SESSION_ID_PATTERN: Final[re.Pattern[str]] = re.compile(
+    rf"\A[A-Za-z0-9_.:-]{{1,{MAX_SESSION_ID_CHARS}}}\Z"
+)
+
+# The schema-only patterns (ECMA-262 and Python `re` read `\u0000` alike).
+NO_NUL_REGEX: Final = r"^[^\u0000]*$"
+NON_BLANK_NO_NUL_REGEX: Final = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+
+
+def _no_nul(value: str) -> str:
+    problem = nul_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def _not_blank(value: str) -> str:
@@ -89,31 +128,52 @@ def _not_blank(value: str) -> str:
     return value
 
 
-# The pattern only documents the rule in the exported JSON Schema; the
-# validator gives a person a readable message instead of a regex.
-_NOT_BLANK_SCHEMA: Final = Field(json_schema_extra={"pattern": r"\S"})
+NO_NUL = AfterValidator(_no_nul)
+_NOT_BLANK = AfterValidator(_not_blank)
+NO_NUL_SCHEMA: Final = Field(json_schema_extra={"pattern": NO_NUL_REGEX})
+_NOT_BLANK_SCHEMA: Final = Field(json_schema_extra={"pattern": NON_BLANK_NO_NUL_REGEX})
 
-NonBlankStr = Annotated[
-    str, StringConstraints(min_length=1), AfterValidator(_not_blank), _NOT_BLANK_SCHEMA
-]
+
+def _length(max_length: int, min_length: int | None = None) -> StringConstraints:
+    return StringConstraints(min_length=min_length, max_length=max_length)
+
+
+# Non-blank sentences we write ourselves (a failure's detail): no U+0000, and
+# no length limit, since a detail names what it is about (up to every SKU of a
+# cart) and refusing our own answer would leave a checkout unanswered.
+NonBlankStr = Annotated[str, StringConstraints(min_length=1), NO_NUL, _NOT_BLANK,
+                        _NOT_BLANK_SCHEMA]
 SessionId = Annotated[str, StringConstraints(pattern=_SESSION_ID_REGEX)]
-OrderId = NonBlankStr
-Sku = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=64),
-    AfterValidator(_not_blank),
-    _NOT_BLANK_SCHEMA,
-]
-CustomerId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-PromoCode = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+OrderId = Annotated[str, _length(MAX_ID_CHARS, 1), NO_NUL, _NOT_BLANK, _NOT_BLANK_SCHEMA]
+Sku = Annotated[str, _length(MAX_SKU_CHARS, 1), NO_NUL, _NOT_BLANK, _NOT_BLANK_SCHEMA]
+CustomerId = Annotated[str, _length(MAX_ID_CHARS, 1), NO_NUL, NO_NUL_SCHEMA]
+PromoCode = Annotated[str, _length(MAX_PROMO_CODE_CHARS, 1), NO_NUL, NO_NUL_SCHEMA]
+PaymentMethodName = Annotated[str, _length(MAX_PAYMENT_METHOD_CHARS, 1), NO_NUL, _NOT_BLANK,
+                              _NOT_BLANK_SCHEMA]
+PaymentToken = Annotated[str, _length(MAX_PAYMENT_TOKEN_CHARS, 1), NO_NUL, _NOT_BLANK,
+                         _NOT_BLANK_SCHEMA]
+PersonName = Annotated[str, _length(MAX_NAME_CHARS, 1), NO_NUL, _NOT_BLANK, _NOT_BLANK_SCHEMA]
+AddressLine = Annotated[str, _length(MAX_ADDRESS_LINE_CHARS, 1), NO_NUL, _NOT_BLANK,
+                        _NOT_BLANK_SCHEMA]
+OptionalAddressLine = Annotated[str, _length(MAX_ADDRESS_LINE_CHARS), NO_NUL, NO_NUL_SCHEMA]
+City = Annotated[str, _length(MAX_CITY_CHARS, 1), NO_NUL, _NOT_BLANK, _NOT_BLANK_SCHEMA]
+Region = Annotated[str, _length(MAX_REGION_CHARS), NO_NUL, NO_NUL_SCHEMA]
+PostalCode = Annotated[str, _length(MAX_POSTAL_CODE_CHARS, 1), NO_NUL, _NOT_BLANK,
+                       _NOT_BLANK_SCHEMA]
+# Free text typed by a person (why an order is cancelled or returned).
+Reason = Annotated[str, _length(MAX_REASON_CHARS), NO_NUL, NO_NUL_SCHEMA]
+Carrier = Annotated[str, _length(MAX_CARRIER_CHARS), NO_NUL, NO_NUL_SCHEMA]
+TrackingNumber = Annotated[str, _length(MAX_TRACKING_NUMBER_CHARS), NO_NUL, NO_NUL_SCHEMA]
+# An order status, a reason code, a command name: a short word we write.
+Code = Annotated[str, _length(MAX_STATUS_CHARS, 1), NO_NUL, _NOT_BLANK, _NOT_BLANK_SCHEMA]
+# A SKU a failure names: it came from a request, so no longer than a SKU.
+FailedSku = Annotated[str, _length(MAX_SKU_CHARS), NO_NUL, NO_NUL_SCHEMA]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 # Strict: a float (19.99), a bool or a numeric string is a producer bug that
 # would otherwise be coerced silently into a wrong amount.
-Money = Annotated[StrictInt, Field(ge=0)]
-Quantity = Annotated[StrictInt, Field(ge=1, le=1000)]
-
-MAX_ITEMS: Final = 100
+Money = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT)]
+Quantity = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
 
 
 class _Frozen(BaseModel):
@@ -137,25 +197,50 @@ def _unique_skus(items: list[LineItem]) -> list[LineItem]:
     return items
 
 
+def subtotal(items: list[LineItem]) -> int:
+    return sum(item.quantity * item.unit_price for item in items)
+
+
+def _subtotal_fits(items: list[LineItem]) -> list[LineItem]:
+    # Each price fits a bigint, but 100 lines of 1000 units may not: refused
+    # here, at intake, rather than by PostgreSQL (or a discount) halfway
+    # through the saga.
+    total = subtotal(items)
+    if total > MAX_AMOUNT:
+        raise ValueError(
+            f"the cart's subtotal (the sum of quantity x unit_price) is {total}, more than "
+            f"the largest amount allowed, {MAX_AMOUNT}"
+        )
+    return items
+
+
 Items = Annotated[
     list[LineItem],
-    Field(min_length=1, max_length=MAX_ITEMS),
+    Field(
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description=(
+            "Each SKU at most once; the subtotal (the sum of quantity x unit_price) "
+            f"is at most {MAX_AMOUNT}, the largest signed 64-bit integer."
+        ),
+    ),
     AfterValidator(_unique_skus),
+    AfterValidator(_subtotal_fits),
 ]
 
 
 class PaymentMethod(_Frozen):
-    method: NonBlankStr
-    token: NonBlankStr
+    method: PaymentMethodName
+    token: PaymentToken
 
 
 class ShippingAddress(_Frozen):
-    name: NonBlankStr
-    line1: NonBlankStr
-    line2: str | None = None
-    city: NonBlankStr
-    state: str | None = None
-    postal_code: NonBlankStr
+    name: PersonName
+    line1: AddressLine
+    line2: OptionalAddressLine | None = None
+    city: City
+    state: Region | None = None
+    postal_code: PostalCode
     country: Country
 
 
@@ -197,8 +282,8 @@ class CheckoutFailed(_Frozen):
     checkout_session_id: SessionId
     reason: FailureReason
     detail: NonBlankStr
-    # Plain strings: a failure may have to name a SKU the catalogue rejects.
-    skus: list[str] | None = None
+    # Not `Sku`: a failure may have to name a SKU the catalogue rejects.
+    skus: list[FailedSku] | None = None
 
 
 class OrderConfirmed(_Frozen):
@@ -225,20 +310,20 @@ class _OrderEvent(_Frozen):
 
 
 class CancelOrderRequested(_OrderEvent):
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 class ReturnRequested(_OrderEvent):
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 class OrderCancelled(_OrderEvent):
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 class OrderShipped(_OrderEvent):
-    carrier: str | None = None
-    tracking_number: str | None = None
+    carrier: Carrier | None = None
+    tracking_number: TrackingNumber | None = None
 
 
 class OrderDelivered(_OrderEvent):
@@ -246,7 +331,7 @@ class OrderDelivered(_OrderEvent):
 
 
 class ReturnInitiated(_OrderEvent):
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 class OrderReturned(_OrderEvent):
@@ -259,14 +344,14 @@ class OrderStatusChanged(_OrderEvent):
     # checkers without the pydantic plugin still accept `from_=` in __init__.
     model_config = ConfigDict(populate_by_name=True)
 
-    from_: NonBlankStr = Field(
+    from_: Code = Field(
         validation_alias=AliasChoices("from", "from_"), serialization_alias="from"
     )
-    to: NonBlankStr
+    to: Code
 
 
 class OrderRequestRejected(_OrderEvent):
-    reason: NonBlankStr
+    reason: Code
     detail: NonBlankStr
 
 

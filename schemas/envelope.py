@@ -28,7 +28,16 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from schemas.contract import EVENT_MODELS, SESSION_ID_PATTERN
+from schemas.contract import EVENT_MODELS, NO_NUL, NO_NUL_SCHEMA, SESSION_ID_PATTERN
+from schemas.limits import (
+    MAX_EVENT_BYTES,
+    MAX_EVENT_ID_CHARS,
+    MAX_EVENT_SOURCE_CHARS,
+    MAX_EVENT_SUBJECT_CHARS,
+    MAX_EVENT_TYPE_CHARS,
+    MAX_EXTENSION_CHARS,
+    nul_problem,
+)
 
 __all__ = ["CloudEvent", "InvalidEvent", "encode_event", "make_event", "parse_event"]
 
@@ -43,6 +52,10 @@ _RFC3339: Final = re.compile(
 )
 # Bounds the reason, which travels in a DLQ header and a CheckoutFailed detail.
 _MAX_REPORTED_ERRORS: Final = 5
+# A key or name from the input, quoted in a reason, is cut to this many characters.
+_MAX_QUOTED_CHARS: Final = 64
+# A key worth naming as is in a reason's location (`data.items[0].sku`).
+_PLAIN_KEY: Final = re.compile(r"\A[A-Za-z0-9_]{1,64}\Z")
 
 
 def _rfc3339(value: object) -> object:
@@ -53,7 +66,18 @@ def _rfc3339(value: object) -> object:
     return value
 
 
-NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+EventId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_EVENT_ID_CHARS), NO_NUL, NO_NUL_SCHEMA
+]
+EventSource = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_EVENT_SOURCE_CHARS), NO_NUL, NO_NUL_SCHEMA
+]
+EventType = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_EVENT_TYPE_CHARS), NO_NUL, NO_NUL_SCHEMA
+]
+EventSubject = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_EVENT_SUBJECT_CHARS), NO_NUL, NO_NUL_SCHEMA
+]
 Rfc3339Time = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
 
@@ -66,11 +90,11 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     specversion: Literal["1.0"]
-    id: NonEmptyStr
-    source: NonEmptyStr
-    type: NonEmptyStr
+    id: EventId
+    source: EventSource
+    type: EventType
     time: Rfc3339Time
-    subject: NonEmptyStr | None = None
+    subject: EventSubject | None = None
     datacontenttype: Literal["application/json"] = JSON_CONTENT_TYPE
     data: dict[str, Any]
 
@@ -79,20 +103,41 @@ class CloudEvent(BaseModel):
         for name, value in (self.model_extra or {}).items():
             if not _ATTRIBUTE_NAME.match(name):
                 raise ValueError(
-                    f"attribute name {name!r} is not allowed: CloudEvents attribute "
+                    f"attribute name {_quote(name)} is not allowed: CloudEvents attribute "
                     "names are lowercase letters and digits only"
                 )
             # The JSON format maps CloudEvents types onto strings, integers and
             # booleans; an object or array cannot be an attribute value.
             if value is not None and not isinstance(value, str | int):
                 raise ValueError(
-                    f"attribute {name!r} must be a string, integer or boolean"
+                    f"attribute {_quote(name)} must be a string, integer or boolean"
                 )
+            if isinstance(value, str):
+                _check_extension_text(name, value)
         return self
 
     @field_serializer("time")
     def _time_utc(self, value: datetime) -> str:
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _check_extension_text(name: str, value: str) -> None:
+    if len(value) > MAX_EXTENSION_CHARS:
+        raise ValueError(
+            f"attribute {_quote(name)} is {len(value)} characters long, more than the limit "
+            f"of {MAX_EXTENSION_CHARS}"
+        )
+    problem = nul_problem(value)
+    if problem:
+        raise ValueError(f"attribute {_quote(name)} {problem}")
+
+
+def _quote(text: str) -> str:
+    """``text`` from the input, safe to put in a reason: control characters
+    escaped (a reason ends up in PostgreSQL and in Kafka headers) and cut short."""
+    if len(text) > _MAX_QUOTED_CHARS:
+        return repr(text[:_MAX_QUOTED_CHARS]) + f" (cut, {len(text)} characters)"
+    return repr(text)
 
 
 class InvalidEvent(Exception):
@@ -118,6 +163,7 @@ def parse_event(
     `expected` maps the `type` values allowed on the topic to their data
     model (see `schemas.contract.TOPIC_EVENT_TYPES`).
     """
+    _check_size(raw)
     document = _load_json(raw)
     if not isinstance(document, dict):
         raise InvalidEvent(
@@ -146,9 +192,19 @@ def parse_event(
     return event, data
 
 
-def _load_json(raw: bytes) -> object:
+def _check_size(raw: bytes) -> None:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise InvalidEvent(f"an event must be bytes, got {raw.__class__.__name__}")
+    size = memoryview(raw).nbytes
+    if size > MAX_EVENT_BYTES:
+        # Not decoded at all: its session id stays unread, as the rest of it.
+        raise InvalidEvent(
+            f"the event is {size:,} bytes long, more than the limit of "
+            f"{MAX_EVENT_BYTES:,} bytes (1 MB)"
+        )
+
+
+def _load_json(raw: bytes) -> object:
     try:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -173,7 +229,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _BadJson(f"the key {key!r} appears twice in one object")
+            raise _BadJson(f"the key {_quote(key)} appears twice in one object")
         result[key] = value
     return result
 
@@ -226,6 +282,12 @@ def _describe(what: str, exc: ValidationError, prefix: str = "") -> str:
 _FRIENDLIER: Final[dict[str, str]] = {
     "missing": "is required but missing",
     "extra_forbidden": "is not a known field",
+    "string_too_short": "must be at least {min_length} characters long",
+    "string_too_long": "must be at most {max_length} characters long",
+    "too_short": "must have at least {min_length} items",
+    "too_long": "must have at most {max_length} items",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
 }
 
 
@@ -235,9 +297,25 @@ def _describe_one(error: ErrorDetails, prefix: str) -> str:
         if isinstance(part, int):
             location += f"[{part}]"
         else:
-            location += f".{part}" if location else part
-    message = _FRIENDLIER.get(error["type"], error["msg"].removeprefix("Value error, "))
+            # A key from the input (an unknown field) may be anything.
+            name = part if _PLAIN_KEY.match(part) else _quote(part)
+            location += f".{name}" if location else name
+    message = _message(error)
     return f"{location}: {message}" if location else message
+
+
+def _message(error: ErrorDetails) -> str:
+    if error["type"] in ("string_too_short", "too_short") and (
+        error.get("ctx", {}).get("min_length") == 1
+    ):
+        return "must not be empty"
+    template = _FRIENDLIER.get(error["type"])
+    if template is None:
+        return error["msg"].removeprefix("Value error, ")
+    try:
+        return template.format(**error.get("ctx", {}))
+    except (KeyError, IndexError):
+        return error["msg"]
 
 
 # --- building -------------------------------------------------------------

@@ -16,8 +16,9 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, create_model
 
-from schemas.contract import EVENT_MODELS
+from schemas.contract import EVENT_MODELS, NO_NUL_REGEX
 from schemas.envelope import CloudEvent
+from schemas.limits import MAX_EVENT_BYTES, MAX_EXTENSION_CHARS
 
 __all__ = ["DEFAULT_DIR", "export_json_schemas", "main", "stale_schemas"]
 
@@ -76,13 +77,20 @@ def event_schema(event_type: str, model: type[BaseModel]) -> dict[str, Any]:
     schema = envelope.model_json_schema(mode="validation")
     schema["$schema"] = _DIALECT
     schema["title"] = event_type
+    # JSON Schema cannot weigh the encoded bytes: the limit is stated instead.
     schema["description"] = (
-        f"A CloudEvents 1.0 event (structured JSON mode) of type {event_type}."
+        f"A CloudEvents 1.0 event (structured JSON mode) of type {event_type}, "
+        f"at most {MAX_EVENT_BYTES:,} bytes of UTF-8 JSON."
     )
     # Extension attributes follow the CloudEvents naming and value rules; the
-    # core attribute names satisfy the same pattern.
+    # core attribute names satisfy the same pattern. String keywords apply to
+    # string values only.
     schema["propertyNames"] = {"pattern": "^[a-z0-9]+$"}
-    schema["additionalProperties"] = {"type": ["string", "integer", "boolean", "null"]}
+    schema["additionalProperties"] = {
+        "type": ["string", "integer", "boolean", "null"],
+        "maxLength": MAX_EXTENSION_CHARS,
+        "pattern": NO_NUL_REGEX,
+    }
     return schema
 
 

@@ -8,11 +8,33 @@ command with one ``CommandReply`` whose ``command`` names what it answers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from schemas.contract import FailureReason, LineItem, ShippingAddress
+from schemas.contract import (
+    Code,
+    Currency,
+    CustomerId,
+    FailedSku,
+    FailureReason,
+    Items,
+    Money,
+    NonBlankStr,
+    OrderId,
+    PaymentMethodName,
+    PaymentToken,
+    PromoCode,
+    Reason,
+    SessionId,
+    ShippingAddress,
+)
+from schemas.limits import MAX_ITEMS
+
+# The same limits as the contract's: a command carries what a valid request
+# (or an order made from one) holds, so a limit here never refuses what the
+# intake let through, and a bug that builds something else fails at the sender.
+Attempt = Annotated[StrictInt, Field(ge=1)]
 
 
 class _Message(BaseModel):
@@ -20,38 +42,38 @@ class _Message(BaseModel):
 
 
 class Command(_Message):
-    checkout_session_id: str
-    attempt: int = 1
+    checkout_session_id: SessionId
+    attempt: Attempt = 1
 
 
 class ReserveStock(Command):
-    items: list[LineItem]
+    items: Items
     hold_ttl_seconds: float = Field(gt=0)
 
 
 class ReleaseStock(Command):
-    reason: str = "compensation"
+    reason: Reason = "compensation"
 
 
 class CommitStock(Command):
     # The cart again, so an expired hold can be taken anew if stock allows.
-    items: list[LineItem]
+    items: Items
 
 
 class CreateOrder(Command):
-    order_id: str
-    customer_id: str
-    items: list[LineItem]
-    subtotal: StrictInt
-    discount: StrictInt
-    total: StrictInt
-    currency: str
+    order_id: OrderId
+    customer_id: CustomerId
+    items: Items
+    subtotal: Money
+    discount: Money
+    total: Money
+    currency: Currency
     shipping_address: ShippingAddress | None = None
 
 
 class CancelOrder(Command):
     payment_failed: bool
-    reason: str
+    reason: Reason
 
 
 class ConfirmOrder(Command):
@@ -59,10 +81,10 @@ class ConfirmOrder(Command):
 
 
 class AuthorizePayment(Command):
-    amount: StrictInt
-    currency: str
-    method: str
-    token: str
+    amount: Money
+    currency: Currency
+    method: PaymentMethodName
+    token: PaymentToken
 
 
 class VoidPayment(Command):
@@ -76,41 +98,41 @@ class CapturePayment(Command):
 class RestockOrder(Command):
     """Put a cancelled or returned order's units back on sale (sold -> available)."""
 
-    order_id: str
-    items: list[LineItem]
-    reason: str
+    order_id: OrderId
+    items: Items
+    reason: Reason
 
 
 class RefundPayment(Command):
     """Give a cancelled or returned order's money back: refund a capture, void a
     mere authorization."""
 
-    order_id: str
-    reason: str
+    order_id: OrderId
+    reason: Reason
 
 
 class ApplyPromo(Command):
     """Check a promo code against the cart and take one use of it (once per session)."""
 
-    promo_code: str
-    items: list[LineItem]
+    promo_code: PromoCode
+    items: Items
 
 
 class ReleasePromo(Command):
     """Give back the use the session took (compensation)."""
 
-    promo_code: str
-    reason: str = "compensation"
+    promo_code: PromoCode
+    reason: Reason = "compensation"
 
 
 class CommandReply(_Message):
-    checkout_session_id: str
-    command: str
+    checkout_session_id: SessionId
+    command: Code
     ok: bool
     data: dict[str, Any] = Field(default_factory=dict)
     reason: FailureReason | None = None
-    detail: str | None = None
-    skus: list[str] | None = None
+    detail: NonBlankStr | None = None
+    skus: Annotated[list[FailedSku], Field(max_length=MAX_ITEMS)] | None = None
 
 
 COMMANDS: dict[str, type[Command]] = {

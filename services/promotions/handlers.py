@@ -11,7 +11,10 @@ is undone; either mismatch, or a gate that lost its data, reconciles the gate
 from the ledger. Redis changes happen before the transaction commits, so a
 crash leaves the gate at worst counting a session whose command is then
 redelivered (the take is idempotent) or not counting one (the ledger guard
-still holds).
+still holds). Any error after the gate admitted the session gives the use
+back before it propagates: the transaction rolls back, so the ledger holds
+nothing for the session, and neither must the gate (a command that is
+dead-lettered is never redelivered to clean up after itself).
 """
 
 from __future__ import annotations
@@ -58,12 +61,26 @@ class PromotionHandlers:
         assert promo is not None
         if not await self._admit(conn, promo, session):
             return Outcome(failed(cmd, "PROMO_EXHAUSTED", _exhausted(promo)))
-        if await store.take(conn, promo.code, session, priced.discount) is Taken.EXHAUSTED:
+        try:
+            taken = await store.take(conn, promo.code, session, priced.discount)
+        except Exception:
+            # Not on cancellation (a stop): the command is redelivered, and
+            # its take is idempotent, so the use is not left behind.
+            await self._give_back_after_error(promo.code, session)
+            raise
+        if taken is Taken.EXHAUSTED:
             # The gate let us in but the ledger is full: the gate was behind.
             await self._gate.give_back(promo.code, session)
             await self._reconcile(conn, promo.code, "the gate admitted a use the ledger refused")
             return Outcome(failed(cmd, "PROMO_EXHAUSTED", _exhausted(promo)))
         return Outcome(ok(cmd, discount=priced.discount, total=priced.total))
+
+    async def _give_back_after_error(self, code: str, session: str) -> None:
+        try:
+            await self._gate.give_back(code, session)
+        except Exception:  # the original error matters more; the reconcile catches up
+            log.warning("promo %s: could not give back the use of %s after an error",
+                        code, session, exc_info=True)
 
     async def _admit(self, conn: asyncpg.Connection, promo: Promo, session: str) -> bool:
         answer = await self._gate.take(promo.code, session, promo.max_uses)

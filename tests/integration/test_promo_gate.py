@@ -17,6 +17,7 @@ from checkout_saga.db import create_pool, migrate
 from checkout_saga.errors import TransientError
 from schemas.contract import LineItem
 from schemas.internal import ApplyPromo, CommandReply, ReleasePromo
+from schemas.limits import MAX_AMOUNT
 from services.promotions import schema, store
 from services.promotions.handlers import PromotionHandlers
 from services.promotions.redis_gate import RedisUsageGate, keys
@@ -28,15 +29,19 @@ class Promos:
         self.pool, self.client = pool, client
         self.handlers = PromotionHandlers(RedisUsageGate(client, grace_seconds=5.0))
 
-    async def create(self, max_uses: int, percent_off: int = 10) -> str:
+    async def create(self, max_uses: int, percent_off: int = 10,
+                     amount_off: int | None = None) -> str:
         code = uid("PROMO").upper()
+        promo = (Promo(code, max_uses, amount_off=amount_off) if amount_off is not None
+                 else Promo(code, max_uses, percent_off=percent_off))
         async with self.pool.acquire() as conn:
-            assert await store.create(conn, Promo(code, max_uses, percent_off=percent_off))
+            assert await store.create(conn, promo)
         return code
 
-    async def apply(self, code: str, session: str, crash: bool = False) -> CommandReply:
+    async def apply(self, code: str, session: str, crash: bool = False,
+                    items: list[LineItem] | None = None) -> CommandReply:
         cmd = ApplyPromo(checkout_session_id=session, promo_code=code,
-                         items=[LineItem(sku="SKU-1", quantity=1, unit_price=1000)])
+                         items=items or [LineItem(sku="SKU-1", quantity=1, unit_price=1000)])
         for _attempt in range(20):
             async with self.pool.acquire() as conn:
                 try:
@@ -180,3 +185,68 @@ async def test_concurrent_applies_with_the_gate_wiped_midway_take_exactly_max_us
     async with promos.pool.acquire() as conn:
         holders = set(await store.holders(conn, code))
     assert await promos.gate(code) == (50, holders)
+
+
+# --- amounts at the edge of a bigint, and errors after the gate said yes --------
+
+
+@pytest.mark.parametrize(("percent_off", "amount_off", "discount"), [
+    (99, None, MAX_AMOUNT * 99 // 100),
+    (100, None, MAX_AMOUNT),
+    (None, MAX_AMOUNT, MAX_AMOUNT),
+])
+async def test_the_largest_cart_is_priced_and_its_discount_recorded(
+    promos: Promos, percent_off: int | None, amount_off: int | None, discount: int
+) -> None:
+    code = await promos.create(max_uses=1, percent_off=percent_off or 10, amount_off=amount_off)
+    # Two lines adding up to exactly 2^63 - 1, the largest subtotal the intake accepts.
+    half = MAX_AMOUNT // 2
+    items = [LineItem(sku="A", quantity=1, unit_price=half),
+             LineItem(sku="B", quantity=1, unit_price=MAX_AMOUNT - half)]
+    reply = await promos.apply(code, "edge", items=items)
+    assert reply.ok and reply.data == {"discount": discount, "total": MAX_AMOUNT - discount}
+    async with promos.pool.acquire() as conn:
+        recorded = await conn.fetchval(
+            "SELECT discount FROM promotions.usages WHERE checkout_session_id = 'edge' "
+            "AND code = $1", code)
+    assert recorded == discount
+
+
+async def test_a_cart_past_a_bigint_that_slipped_past_the_intake_takes_no_use(
+    promos: Promos,
+) -> None:
+    """Defence in depth: a command built without validation (model_construct)
+    carrying the issue's cart. Once its discount overflowed a bigint in the
+    ledger INSERT, after the gate had admitted the session."""
+    code = await promos.create(max_uses=5)
+    items = [LineItem.model_construct(sku="SKU-1", quantity=3, unit_price=10**20)]
+    cmd = ApplyPromo.model_construct(checkout_session_id="huge", attempt=1, promo_code=code,
+                                     items=items)
+    async with promos.pool.acquire() as conn, conn.transaction():
+        outcome = await promos.handlers.apply(conn, cmd)
+    assert outcome.reply is not None
+    assert (outcome.reply.ok, outcome.reply.reason) == (False, "INVALID_REQUEST")
+    assert await promos.ledger(code) == 0
+    assert "huge" not in (await promos.gate(code))[1]
+
+
+async def test_an_error_after_the_gate_admitted_gives_the_use_back(promos: Promos) -> None:
+    """A real PostgreSQL failure between the gate's yes and the ledger row: the
+    code's row is locked by another transaction and the apply gives up waiting.
+    The transaction rolls back, so the gate must not keep the session either."""
+    code = await promos.create(max_uses=1)
+    cmd = ApplyPromo(checkout_session_id="stuck", promo_code=code,
+                     items=[LineItem(sku="SKU-1", quantity=1, unit_price=1000)])
+    async with promos.pool.acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM promotions.codes WHERE code = $1 FOR UPDATE", code)
+        async with promos.pool.acquire() as conn:
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL lock_timeout = '200ms'")
+                    await promos.handlers.apply(conn, cmd)
+        assert await promos.gate(code) == (0, set())  # no holder left behind
+    assert await promos.ledger(code) == 0
+    # The redelivery takes the one use, and a second session is refused.
+    assert (await promos.apply(code, "stuck")).ok
+    assert not (await promos.apply(code, "other")).ok
+    assert await promos.gate(code) == (1, {"stuck"})

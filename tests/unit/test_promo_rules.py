@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.limits import MAX_AMOUNT
 from services.promotions.rules import (
     CartLine,
     Invalid,
@@ -109,6 +110,13 @@ def test_codes_are_matched_case_insensitively() -> None:
         (Promo("X", 1, percent_off=10, min_subtotal=-1), "min subtotal"),
         (Promo("X", 1, percent_off=10, skus=frozenset()), "SKU"),
         (Promo("", 1, percent_off=10), "1-64"),
+        (Promo("P" * 65, 1, percent_off=10), "1-64"),
+        (Promo("P\x00", 1, percent_off=10), "U+0000"),
+        (Promo("X", 1, amount_off=MAX_AMOUNT + 1), f"at most {MAX_AMOUNT}"),
+        (Promo("X", MAX_AMOUNT + 1, percent_off=10), "max uses must be at most"),
+        (Promo("X", 1, percent_off=10, min_subtotal=MAX_AMOUNT + 1), "min subtotal must be at most"),
+        (Promo("X", 1, percent_off=10, skus=frozenset({"S" * 65})), "at most 64"),
+        (Promo("X", 1, percent_off=10, skus=frozenset({"S\x00"})), "U+0000"),
         (Promo("X", 1, percent_off=10, expires_at=datetime(2030, 1, 1)), "time zone"),
     ],
 )
@@ -118,6 +126,12 @@ def test_bad_definitions_are_refused(promo: Promo, fragment: str) -> None:
 
 def test_good_definition_passes() -> None:
     assert definition_errors(Promo("BF10", 100, percent_off=10, skus=frozenset({"A"}))) == []
+
+
+def test_definition_at_the_bigint_edge_passes() -> None:
+    edge = Promo("P" * 64, MAX_AMOUNT, amount_off=MAX_AMOUNT, min_subtotal=MAX_AMOUNT,
+                 skus=frozenset({"S" * 64}))
+    assert definition_errors(edge) == []
 
 
 def test_remaining_never_negative() -> None:
@@ -151,3 +165,57 @@ def test_discount_is_whole_cents_within_the_covered_lines(promo: Promo, cart: li
     assert result.total == result.subtotal - result.discount >= 0
     if promo.percent_off is not None:
         assert result.discount == covered * promo.percent_off // 100
+
+
+# --- at the edge of a signed 64-bit integer -------------------------------------
+
+
+def test_percent_off_the_largest_subtotal_fits_and_rounds_down() -> None:
+    result = priced(Promo("P", 1, percent_off=99), [CartLine("A", 1, MAX_AMOUNT)])
+    assert result.discount == MAX_AMOUNT * 99 // 100 <= MAX_AMOUNT
+    assert result.total == MAX_AMOUNT - result.discount
+
+
+def test_a_subtotal_past_a_bigint_is_never_priced() -> None:
+    # The intake refuses such a cart; this is the defence behind it.
+    result = price(Promo("P", 1, percent_off=10), "P", [CartLine("A", 3, 10**20)], NOW)
+    assert isinstance(result, Invalid) and result.reason == "INVALID_REQUEST"
+    assert str(3 * 10**20) in result.detail
+
+
+@st.composite
+def edge_carts(draw: st.DrawFn) -> list[CartLine]:
+    """Carts whose subtotal fits a bigint, many of them close to its limit."""
+    count = draw(st.integers(1, 4))
+    share = MAX_AMOUNT // count
+    out = []
+    for sku in ["A", "B", "C", "D"][:count]:
+        quantity = draw(st.integers(1, 1000))
+        top = share // quantity
+        out.append(CartLine(sku, quantity, draw(st.one_of(st.just(top), st.integers(0, top)))))
+    return out
+
+
+edge_promos = st.one_of(
+    st.builds(Promo, st.just("P"), st.just(1), percent_off=st.integers(1, 100),
+              skus=st.one_of(st.none(), st.just(frozenset({"A"})))),
+    st.builds(Promo, st.just("P"), st.just(1),
+              amount_off=st.one_of(st.just(MAX_AMOUNT), st.integers(1, MAX_AMOUNT)),
+              skus=st.one_of(st.none(), st.just(frozenset({"A"})))),
+)
+
+
+@given(edge_promos, edge_carts())
+def test_discount_and_total_fit_a_bigint_and_never_exceed_the_subtotal(
+    promo: Promo, cart: list[CartLine]
+) -> None:
+    result = price(promo, "P", cart, NOW)
+    assert isinstance(result, Priced), result
+    assert 0 <= result.subtotal <= MAX_AMOUNT
+    assert 0 <= result.discount <= result.subtotal
+    assert 0 <= result.total <= result.subtotal
+    covered = sum(l.amount for l in cart if promo.skus is None or l.sku in promo.skus)
+    if promo.percent_off is not None:
+        assert result.discount == covered * promo.percent_off // 100
+    else:
+        assert result.discount == min(promo.amount_off or 0, covered)
