@@ -315,7 +315,9 @@ class Coordinator:
     def _dead_letter_command(
         self, definition: SagaDefinition, state: SagaState, effect: DeadLetter
     ) -> OutgoingMessage:
-        msg = self._command(definition, state, SendCommand(effect.step, effect.command, 0, True))
+        # The command as last sent: its attempt number is the one that went unanswered.
+        last = SendCommand(effect.step, effect.command, max(state.attempt, 1), True)
+        msg = self._command(definition, state, last)
         return OutgoingMessage(
             dlq_topic(msg.topic), msg.key, msg.value,
             {"dlq.error": effect.detail, "dlq.stage": "compensation",
