@@ -21,7 +21,7 @@ from rich.table import Table
 from checkout_saga import cli_bench, cli_observe, cli_ops, cli_promo, endpoints, logs, tracing
 from checkout_saga.cli_topics import topics_app
 from checkout_saga.db import create_pool, migrate
-from checkout_saga.runtime import DDL, ROLES, Runtime
+from checkout_saga.runtime import DDL, ROLES, Runtime, hard_stop_after
 from checkout_saga.settings import Settings
 from checkout_saga.stack import EmbeddedStack
 from saga import queries as saga_queries
@@ -129,12 +129,23 @@ async def serve(settings: Settings, roles: tuple[str, ...]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Once stopping, the process is gone within the stop timeout (and a
+    # little): the runtime's own stop is bounded, this is the backstop.
+    backstop = asyncio.create_task(_hard_stop_once_stopping(
+        stop, settings.checkout_stop_timeout_seconds + 0.75))
     service = f"checkout-saga-{roles[0]}" if len(roles) == 1 else "checkout-saga"
     tracing.configure(settings.checkout_otel_exporter, service, sample_ratio=settings.checkout_otel_sample_ratio)
     try:
         await Runtime(settings, roles).run(stop)
     finally:
+        stop.set()
+        await backstop
         tracing.shutdown()  # flush the spans still batched
+
+
+async def _hard_stop_once_stopping(stop: asyncio.Event, seconds: float) -> None:
+    await stop.wait()
+    hard_stop_after(seconds)
 
 
 # ---- stock -------------------------------------------------------------------

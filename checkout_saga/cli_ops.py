@@ -251,6 +251,9 @@ def dlq_redrive(
     for e in result.redriven:
         console.print(f"{verb} {e['partition']}@{e['offset']} (key {e['key']}) -> {e['source_topic']}")
     console.print(f"{len(result.redriven)} {verb}; {result.skipped} already redriven before")
+    if result.truncated:
+        console.print(f"{result.truncated} truncated cop(ies) not put back: their original did "
+                      "not fit the producer's limit (size and sha256 in `dlq list --json`)")
 
 
 # ---- stuck sagas --------------------------------------------------------------------------

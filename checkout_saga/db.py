@@ -8,7 +8,8 @@ MIGRATION_LOCK = 0x5A6A  # one advisory lock: concurrent starters migrate one at
 
 
 def messaging_ddl(schema: str) -> str:
-    """The inbox and outbox tables every service (and the coordinator) owns."""
+    """The inbox, outbox and outbox quarantine tables every service (and the
+    coordinator) owns."""
     return f"""
     CREATE TABLE IF NOT EXISTS {schema}.inbox (
         checkout_session_id text NOT NULL,
@@ -24,6 +25,18 @@ def messaging_ddl(schema: str) -> str:
         value bytea NOT NULL,
         headers jsonb NOT NULL DEFAULT '{{}}'::jsonb,
         created_at timestamptz NOT NULL DEFAULT now()
+    );
+    -- Outbox rows the broker refused for good (too large, a bad topic name),
+    -- moved here by the relay so that the rows behind them are published.
+    CREATE TABLE IF NOT EXISTS {schema}.outbox_quarantine (
+        id bigint PRIMARY KEY,
+        topic text NOT NULL,
+        key text NOT NULL,
+        value bytea NOT NULL,
+        headers jsonb NOT NULL,
+        created_at timestamptz NOT NULL,
+        error text NOT NULL,
+        quarantined_at timestamptz NOT NULL DEFAULT now()
     );
     """
 

@@ -11,6 +11,10 @@ it, two concurrent redrives serialize on the row, and a crash between the ack
 and the commit at worst sends it again, which the handlers' inbox absorbs.
 A digest of the bytes is stored with the position: a broker that lost its
 data and reused an offset for another message is not mistaken for "done".
+
+A dead letter that is a truncated copy (``dlq.truncated``: the original did
+not fit the producer's limit) is listed with the original's size and digest
+but never redriven: it would put other bytes back than were read.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import asyncpg
 
+from checkout_saga.dead_letters import ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
 from checkout_saga.kafka import AsyncProducer, OutgoingMessage
 from checkout_saga.topic_reader import Record, read_topic
 from schemas.contract import dlq_topic
@@ -68,6 +73,10 @@ class DeadLetter:
     redriven_at: datetime | None = None
 
     @property
+    def truncated(self) -> bool:
+        return self.record.headers.get(TRUNCATED) == "true"
+
+    @property
     def source_topic(self) -> str:
         return self.record.headers.get("dlq.source.topic") or self.record.topic[: -len(DLQ_SUFFIX)]
 
@@ -97,6 +106,9 @@ class DeadLetter:
             "redriven": self.redriven_at is not None,
             "redriven_at": self.redriven_at.isoformat() if self.redriven_at else None,
             "size": len(r.value),
+            "truncated": self.truncated,
+            "original_size": self._int_header(ORIGINAL_SIZE) if self.truncated else len(r.value),
+            "original_sha256": h.get(ORIGINAL_SHA256),
             "value_preview": r.value[:200].decode("utf-8", "replace"),
         }
         if with_stack:
@@ -146,10 +158,11 @@ def _redrive_message(letter: DeadLetter) -> OutgoingMessage:
 class RedriveResult:
     redriven: list[dict[str, Any]]
     skipped: int  # already redriven before
+    truncated: int = 0  # truncated copies, never redriven
 
     def as_json(self) -> dict[str, Any]:
         return {"redriven": len(self.redriven), "already_redriven": self.skipped,
-                "entries": self.redriven}
+                "truncated_not_redriven": self.truncated, "entries": self.redriven}
 
 
 async def redrive(
@@ -162,7 +175,8 @@ async def redrive(
     key: str | None = None,
     dry_run: bool = False,
 ) -> RedriveResult:
-    chosen = _select(letters, offsets, key)
+    selected = _select(letters, offsets, key)
+    chosen = [d for d in selected if not d.truncated]
     todo = [d for d in chosen if d.redriven_at is None]
     done: list[dict[str, Any]] = []
     for letter in todo:
@@ -187,4 +201,4 @@ async def redrive(
             # Committed only once the broker has acknowledged the message.
             await producer.send([_redrive_message(letter)])
         done.append(entry)
-    return RedriveResult(done, len(chosen) - len(done))
+    return RedriveResult(done, len(chosen) - len(done), len(selected) - len(chosen))

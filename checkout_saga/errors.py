@@ -2,10 +2,17 @@
 
     CheckoutSagaError
     ├── TransientError      retried with backoff; the message is not committed
-    └── PermanentError      the message goes to <topic>.dlq and the partition moves on
+    ├── PermanentError      the message goes to <topic>.dlq and the partition moves on
+    │   ├── MessageRefused      Kafka will never take this message as it is (too large,
+    │   │                       an invalid topic or record): a dead letter, or the outbox
+    │   │                       row is quarantined
+    │   └── RetriesExhausted    a message kept failing transiently while others succeeded
+    └── KafkaFatalError     the Kafka client is unusable (librdkafka's fatal error):
+                            nothing is dead-lettered, the process stops to be restarted
 
 Driver exceptions (asyncpg, redis, OS errors) are classified at the edge by
-``is_transient`` so the handlers never catch driver types themselves.
+``is_transient`` so the handlers never catch driver types themselves; Kafka
+errors by ``kafka_error``, in the producer adapter.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 
 import asyncpg
 import redis.exceptions
+from confluent_kafka import KafkaError
 
 
 class CheckoutSagaError(Exception):
@@ -26,6 +34,21 @@ class TransientError(CheckoutSagaError):
 
 class PermanentError(CheckoutSagaError):
     """A message that can never be handled as it is."""
+
+
+class MessageRefused(PermanentError):
+    """Kafka (the client or the broker) refuses this message for good."""
+
+
+class RetriesExhausted(PermanentError):
+    """A message whose transient failures outlasted the retry budget while
+    other messages on the same consumer succeeded: the message, not the
+    infrastructure, is the problem. The last failure is its ``__cause__``."""
+
+
+class KafkaFatalError(CheckoutSagaError):
+    """The client instance can send nothing more (an idempotent producer's
+    fatal error); retrying with it is useless, and no message is to blame."""
 
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -55,3 +78,39 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT)
+
+
+# Errors that belong to one message: the same bytes to the same topic fail
+# again however often they are sent. Any other error (an unknown topic, a
+# timeout, an authorization error) may be the cluster's state, which an
+# operator can fix: those are transient, so nothing is dead-lettered or
+# quarantined for what an outage or a misconfiguration did.
+_REFUSED = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.TOPIC_EXCEPTION,  # "Invalid topic": a bad topic name
+})
+# INVALID_* codes that describe the producer's or a session's state, not the message.
+_INVALID_BUT_NOT_THE_MESSAGE = frozenset({
+    KafkaError.INVALID_MSG,  # CORRUPT_MESSAGE: a CRC error on the way, retriable in Kafka
+    KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError.INVALID_PRODUCER_ID_MAPPING,
+    KafkaError.INVALID_TXN_STATE,
+    KafkaError.INVALID_FETCH_SESSION_EPOCH,
+})
+
+
+def kafka_error(err: KafkaError) -> CheckoutSagaError:
+    """One of our errors for a librdkafka error (a delivery report's, or
+    one ``produce()`` raised): fatal, refused (permanent) or transient."""
+    text = f"{err.name()}: {err.str()}"
+    if err.fatal() or err.code() == KafkaError._FATAL:
+        return KafkaFatalError(text)
+    if err.retriable():
+        return TransientError(text)
+    code = err.code()
+    name = err.name() or ""
+    invalid = name.startswith(("INVALID_", "_INVALID_")) and code not in _INVALID_BUT_NOT_THE_MESSAGE
+    if code in _REFUSED or invalid:
+        return MessageRefused(text)
+    return TransientError(text)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,10 +22,13 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from checkout_saga.errors import TransientError
+from checkout_saga.errors import KafkaFatalError, MessageRefused, TransientError, kafka_error
 from checkout_saga.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# librdkafka's own default of message.max.bytes, and our setting's.
+DEFAULT_MESSAGE_MAX_BYTES: int = Settings.model_fields["checkout_kafka_message_max_bytes"].default
 
 
 def consumer_config(settings: Settings, group: str) -> dict[str, Any]:
@@ -49,6 +53,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "enable.idempotence": True,
         "linger.ms": settings.checkout_kafka_linger_ms,
         "compression.type": "lz4",
+        "message.max.bytes": settings.checkout_kafka_message_max_bytes,
     }
 
 
@@ -86,10 +91,21 @@ class OutgoingMessage:
 class AsyncProducer:
     """One idempotent producer per process. ``produce`` hands messages to
     librdkafka at once and returns an awaitable of their acks; ``send`` awaits
-    them. A thread serves the delivery callbacks, so nothing waits for a flush."""
+    them. A thread serves the delivery callbacks, so nothing waits for a flush.
+
+    Nothing here raises at the call: every failure, whether ``produce()``
+    refused the message at once (too large, a full queue) or the broker did
+    later, fails that message's future with one of our classified errors
+    (``checkout_saga.errors.kafka_error``)."""
+
+    # How long one produce call may wait, in all, for room in a full queue
+    # (it runs on the event loop): after that the rest fail as transient.
+    QUEUE_WAIT_SECONDS = 0.5
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self._producer = Producer(dict(config))
+        # What produce() accepts: dead letters are cut to fit it.
+        self.max_message_bytes = int(config.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
         self._closed = False
         # Filled by delivery callbacks (in whichever thread polls), drained by _hand_over.
         self._acks: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], KafkaError | None]] = deque()
@@ -121,17 +137,25 @@ class AsyncProducer:
 
     def produce(self, messages: Iterable[OutgoingMessage]) -> Awaitable[None]:
         """Produce now, in order; the result completes when every message is
-        acknowledged (TransientError if any failed)."""
+        acknowledged, else raises: KafkaFatalError, TransientError if any
+        failure may pass, MessageRefused if every failure is a refusal."""
+        return _all_acked(self.produce_each(messages))
+
+    def produce_each(self, messages: Iterable[OutgoingMessage]) -> list[asyncio.Future[None]]:
+        """Produce now, in order; one future per message, done when it is
+        acknowledged or failed with a classified error."""
         loop = asyncio.get_running_loop()
+        queue_wait_until = time.monotonic() + self.QUEUE_WAIT_SECONDS
         futures: list[asyncio.Future[None]] = []
         for msg in messages:
             fut: asyncio.Future[None] = loop.create_future()
             futures.append(fut)
-            self._produce(loop, fut, msg)
-        return _all_acked(futures)
+            self._produce(loop, fut, msg, queue_wait_until)
+        return futures
 
     def _produce(
-        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], msg: OutgoingMessage
+        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], msg: OutgoingMessage,
+        queue_wait_until: float,
     ) -> None:
         def delivered(err: KafkaError | None, _m: Any) -> None:
             self._acks.append((loop, fut, err))
@@ -147,14 +171,30 @@ class AsyncProducer:
                 )
                 return
             except BufferError:
+                # The queue is full (a slow or absent broker): wait a little
+                # for acks to make room, never long (this is the event loop).
+                if time.monotonic() >= queue_wait_until:
+                    fut.set_exception(TransientError("the producer's queue is full"))
+                    return
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # refused at once: too large, invalid, fatal
+                fut.set_exception(kafka_error(exc.args[0]))
+                return
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._poller.join()
-            self._producer.flush(10.0)
-            self._hand_over()
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued for up to ``timeout`` seconds, then give up
+        on the rest (their senders see a transient failure; an outbox row
+        stays, a consumed message stays uncommitted)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._poller.join()
+        left = self._producer.flush(timeout)
+        if left:
+            log.warning("producer closed with %d message(s) undelivered", left)
+            self._producer.purge()
+            self._producer.poll(0)  # their callbacks: failed (purged)
+        self._hand_over()
 
 
 def _settle(settled: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
@@ -164,7 +204,7 @@ def _settle(settled: list[tuple[asyncio.Future[None], KafkaError | None]]) -> No
         if err is None:
             fut.set_result(None)
         else:
-            fut.set_exception(TransientError(str(err)))
+            fut.set_exception(kafka_error(err))
 
 
 async def _all_acked(futures: list[asyncio.Future[None]]) -> None:
@@ -172,5 +212,12 @@ async def _all_acked(futures: list[asyncio.Future[None]]) -> None:
         return
     results = await asyncio.gather(*futures, return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        raise TransientError(f"{len(errors)} of {len(futures)} sends failed: {errors[0]}")
+    if not errors:
+        return
+    fatal = [e for e in errors if isinstance(e, KafkaFatalError)]
+    if fatal:
+        raise fatal[0]
+    summary = f"{len(errors)} of {len(futures)} sends failed: {errors[0]}"
+    if all(isinstance(e, MessageRefused) for e in errors):
+        raise MessageRefused(summary) from errors[0]
+    raise TransientError(summary) from errors[0]

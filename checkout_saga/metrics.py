@@ -81,7 +81,22 @@ LANES = Counter("checkout_consumer_lanes",
                 ["worker", "result"], registry=REGISTRY)
 DEAD_LETTERS = Counter("checkout_dead_letters",
                        "Messages sent to a dead-letter topic, by source topic and stage "
-                       "(handle, parse, compensation).", ["topic", "stage"], registry=REGISTRY)
+                       "(handle, parse, compensation, retries, outbox).", ["topic", "stage"],
+                       registry=REGISTRY)
+DEAD_LETTERS_TRUNCATED = Counter("checkout_dead_letters_truncated",
+                                 "Dead letters sent as a truncated copy (the original would not "
+                                 "fit the producer's message.max.bytes), by source topic.",
+                                 ["topic"], registry=REGISTRY)
+DEAD_LETTERS_LOST = Counter("checkout_dead_letters_lost",
+                            "Dead letters the broker refused even without their value, dropped "
+                            "(logged as errors), by source topic.", ["topic"], registry=REGISTRY)
+RETRIES_EXHAUSTED = Counter("checkout_message_retries_exhausted",
+                            "Messages dead-lettered after their transient failures outlasted the "
+                            "retry budget while other messages succeeded, by worker and topic.",
+                            ["worker", "topic"], registry=REGISTRY)
+OUTBOX_QUARANTINED = Counter("checkout_outbox_quarantined",
+                             "Outbox rows the broker refused for good, moved to "
+                             "<schema>.outbox_quarantine, by schema.", ["schema"], registry=REGISTRY)
 CONSUMER_LAG = Gauge("checkout_consumer_lag_messages",
                      "Approximate consumer lag (high watermark minus committed offset) from "
                      "librdkafka statistics; approximate: the embedded broker's high watermark "

@@ -5,6 +5,12 @@ The writer hands its committed rows to the relay, which sends them at once
 and deletes them once acknowledged. A crash between commit and publish loses
 nothing: the relay's sweep publishes rows left behind, and a repeated publish
 is absorbed by the consumer's inbox.
+
+A row the broker refuses for good (``MessageRefused``: too large, a bad topic
+name) would be retried for ever and, in the sweep, hold every row behind it.
+The sweep moves it to ``<schema>.outbox_quarantine`` with the error instead,
+sends a bounded copy to the dead letters where it can, and publishes the
+rest in order. A row that fails for a passing reason (an outage) stays.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from checkout_saga import metrics, tracing
-from checkout_saga.errors import is_transient
+from checkout_saga.dead_letters import fit, minimal
+from checkout_saga.errors import KafkaFatalError, MessageRefused, TransientError, is_transient
 from checkout_saga.kafka import AsyncProducer, OutgoingMessage
+from schemas.contract import dlq_topic
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +107,11 @@ class OutboxRelay:
     produces them at once (in commit order, so a key's messages keep their
     order) and deletes the rows once the broker has acknowledged them all.
     The sweep: rows older than ``grace`` (a writer that died between its commit
-    and its publish, a failed send) are deleted and published in id order by
-    one relay per schema at a time (an advisory lock), every ``idle_poll``
-    seconds or at once after ``wake``. A row published twice (a slow fast path
-    overtaken by the sweep) is absorbed by the consumer's inbox.
+    and its publish, a failed send) are published in id order and deleted
+    once acknowledged, by one relay per schema at a time (an advisory lock),
+    every ``idle_poll`` seconds or at once after ``wake``; a row the broker
+    refuses for good is quarantined instead. A row published twice (a slow
+    fast path overtaken by the sweep) is absorbed by the consumer's inbox.
     """
 
     def __init__(
@@ -127,6 +136,8 @@ class OutboxRelay:
         self._acked: list[int] = []
         self._acked_event = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # A fatal producer error seen by the fast path: the sweep raises it.
+        self._fatal: KafkaFatalError | None = None
         self.published = 0
 
     def wake(self) -> None:
@@ -134,7 +145,7 @@ class OutboxRelay:
         self._wake.set()
 
     def publish(self, written: Written) -> None:
-        """Called right after the commit that wrote ``written``."""
+        """Called right after the commit that wrote ``written``; never raises."""
         if not written.ids:
             return
         if len(written.ids) != len(written.messages):  # cannot happen; the sweep still would publish
@@ -143,24 +154,31 @@ class OutboxRelay:
             self.wake()
             return
         started = time.monotonic()
-        acks = self._producer.produce(written.messages)
+        acks = self._producer.produce_each(written.messages)
         self._sending.update(written.ids)
         task = asyncio.ensure_future(self._settle(written.ids, acks, started))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _settle(self, ids: list[int], acks: Awaitable[None], started: float) -> None:
-        try:
-            await acks
-        except Exception as exc:  # noqa: BLE001 - the rows stay; the sweep publishes them
+    async def _settle(self, ids: list[int], acks: list[asyncio.Future[None]], started: float) -> None:
+        results = await asyncio.gather(*acks, return_exceptions=True)
+        acked = [i for i, r in zip(ids, results, strict=True) if r is None]
+        failed = [(i, r) for i, r in zip(ids, results, strict=True) if r is not None]
+        if failed:
+            # Left to the sweep: at once for a refusal (to be quarantined), after
+            # the grace for a passing failure (an outage is not hammered).
             log.warning("outbox %s: %d message(s) not acknowledged, left to the sweep: %s",
-                        self._schema, len(ids), exc)
-            self._sending.difference_update(ids)
-            return
-        self.published += len(ids)
-        metrics.observe_outbox(self._schema, [time.monotonic() - started] * len(ids))
-        self._acked += ids
-        self._acked_event.set()
+                        self._schema, len(failed), failed[0][1])
+            self._sending.difference_update(i for i, _ in failed)
+            errors = [r for _, r in failed]
+            self._fatal = self._fatal or next((e for e in errors if isinstance(e, KafkaFatalError)), None)
+            if any(isinstance(e, MessageRefused | KafkaFatalError) for e in errors):
+                self.wake()
+        if acked:
+            self.published += len(acked)
+            metrics.observe_outbox(self._schema, [time.monotonic() - started] * len(acked))
+            self._acked += acked
+            self._acked_event.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         deleting = asyncio.create_task(self._delete_acked(stop))
@@ -198,15 +216,20 @@ class OutboxRelay:
 
     async def _sweep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            if self._fatal is not None:
+                raise self._fatal  # the producer is unusable: stop, to be restarted
             # Cleared before the pass, not after: a wake during the pass counts.
             woken = self._wake.is_set()
             self._wake.clear()
             try:
                 sent = await self.publish_once(older_than=0.0 if woken else self._grace)
+            except KafkaFatalError:
+                raise
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any outage
                 level = logging.WARNING if is_transient(exc) else logging.ERROR
                 log.log(level, "outbox %s: publish failed, retrying: %s", self._schema, exc)
-                await asyncio.sleep(0.5)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
                 continue
             if sent >= self._batch:
                 continue
@@ -215,26 +238,102 @@ class OutboxRelay:
 
     async def publish_once(self, older_than: float = 0.0) -> int:
         """Publish up to ``batch`` rows in id order (those at least ``older_than``
-        seconds old that the fast path is not sending); returns how many."""
+        seconds old that the fast path is not sending); returns how many.
+        Refused rows are quarantined; if any row failed otherwise, the others'
+        progress is kept and a TransientError raised."""
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_id):
                 return 0
-            # Deleted and published in one transaction: if the publish fails,
-            # the rollback puts the rows back for the next pass.
             rows = await conn.fetch(
-                f"DELETE FROM {self._schema}.outbox WHERE id IN (SELECT id FROM {self._schema}.outbox "
-                "WHERE created_at <= now() - make_interval(secs => $2) AND NOT id = ANY($3::bigint[]) "
-                "ORDER BY id LIMIT $1) RETURNING id, topic, key, value, headers, "
-                "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age",
+                f"SELECT id, topic, key, value, headers, "
+                "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age "
+                f"FROM {self._schema}.outbox WHERE created_at <= now() - make_interval(secs => $2) "
+                "AND NOT id = ANY($3::bigint[]) ORDER BY id LIMIT $1",
                 self._batch, older_than, list(self._sending),
             )
             if not rows:
                 return 0
-            rows = sorted(rows, key=lambda r: r["id"])
-            await self._producer.send(
-                OutgoingMessage(r["topic"], r["key"], bytes(r["value"]), json.loads(r["headers"]))
-                for r in rows
-            )
-            self.published += len(rows)
-            metrics.observe_outbox(self._schema, [r["age"] for r in rows])
-            return len(rows)
+            messages = [OutgoingMessage(r["topic"], r["key"], bytes(r["value"]), json.loads(r["headers"]))
+                        for r in rows]
+            results = await asyncio.gather(*self._producer.produce_each(messages), return_exceptions=True)
+            sent = [r for r, e in zip(rows, results, strict=True) if e is None]
+            refused = [(r, m, e) for r, m, e in zip(rows, messages, results, strict=True)
+                       if isinstance(e, MessageRefused)]
+            if sent:
+                await conn.execute(f"DELETE FROM {self._schema}.outbox WHERE id = ANY($1::bigint[])",
+                                   [r["id"] for r in sent])
+            if refused:
+                await self._quarantine(conn, [(r["id"], str(e)) for r, _, e in refused])
+        self.published += len(sent)
+        metrics.observe_outbox(self._schema, [r["age"] for r in sent])
+        for row, message, error in refused:
+            await self._dead_letter_copy(row["id"], message, error)
+        others = [e for e in results if e is not None and not isinstance(e, MessageRefused)]
+        fatal = next((e for e in others if isinstance(e, KafkaFatalError)), None)
+        if fatal is not None:
+            raise fatal
+        if others:
+            raise TransientError(f"{len(others)} of {len(rows)} row(s) not sent: {others[0]}")
+        return len(sent)
+
+    async def _quarantine(self, conn: asyncpg.Connection, refused: list[tuple[int, str]]) -> None:
+        """Move refused rows out of the outbox, each with its error, in the
+        sweep's transaction."""
+        ids, errors = [i for i, _ in refused], [e for _, e in refused]
+        await conn.execute(
+            f"WITH moved AS (DELETE FROM {self._schema}.outbox WHERE id = ANY($1::bigint[]) "
+            "RETURNING id, topic, key, value, headers, created_at) "
+            f"INSERT INTO {self._schema}.outbox_quarantine "
+            "(id, topic, key, value, headers, created_at, error) "
+            "SELECT m.id, m.topic, m.key, m.value, m.headers, m.created_at, e.error FROM moved m "
+            "JOIN unnest($1::bigint[], $2::text[]) AS e(id, error) USING (id) "
+            "ON CONFLICT (id) DO NOTHING",
+            ids, errors,
+        )
+        metrics.OUTBOX_QUARANTINED.labels(self._schema).inc(len(ids))
+        log.error("outbox %s: %d row(s) refused by the broker, quarantined in %s.outbox_quarantine "
+                  "(ids %s): %s", self._schema, len(ids), self._schema, ids[:10], errors[0])
+
+    async def _dead_letter_copy(self, row_id: int, message: OutgoingMessage, error: BaseException) -> None:
+        """A bounded copy of a quarantined row to the dead letters, once, if the
+        broker takes it (a row for a bad topic name has no usable .dlq either):
+        the row itself is kept in the quarantine table whatever happens here."""
+        letter = quarantined_letter(self._schema, row_id, message, error,
+                                    self._producer.max_message_bytes)
+        for attempt in (letter, minimal(letter)):
+            try:
+                await self._producer.send([attempt])
+            except KafkaFatalError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the row is safe in the quarantine table
+                log.warning("outbox %s: dead-letter copy of quarantined row %d not sent: %s",
+                            self._schema, row_id, exc)
+                if not isinstance(exc, MessageRefused):
+                    return
+                continue
+            metrics.DEAD_LETTERS.labels(attempt.headers.get("dlq.source.topic", message.topic),
+                                        "outbox").inc()
+            return
+
+
+def quarantined_letter(schema: str, row_id: int, message: OutgoingMessage, error: BaseException,
+                       limit: int) -> OutgoingMessage:
+    """The dead letter of a quarantined outbox row, within ``limit`` bytes. A
+    row that was itself a dead letter (its ``.dlq`` topic refused it as it
+    was) keeps its own ``dlq.*`` headers; the refusal is added beside them."""
+    where = f"{schema}.outbox_quarantine:{row_id}"
+    if message.topic.endswith(".dlq"):
+        headers = {**message.headers, "dlq.outbox.error": f"{type(error).__name__}: {error}",
+                   "dlq.outbox.quarantined": where}
+        return fit(dataclasses.replace(message, headers=headers), limit)
+    headers = {
+        **message.headers,
+        "dlq.error": f"{type(error).__name__}: {error}",
+        "dlq.error.class": type(error).__name__,
+        "dlq.stage": "outbox",
+        "dlq.source.topic": message.topic,
+        "dlq.source.partition": "-1",
+        "dlq.source.offset": "-1",
+        "dlq.outbox.quarantined": where,
+    }
+    return fit(OutgoingMessage(dlq_topic(message.topic), message.key, message.value, headers), limit)

@@ -12,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import asyncpg
 import redis.asyncio
@@ -25,6 +29,7 @@ from checkout_saga.errors import PermanentError, is_transient
 from checkout_saga.kafka import AsyncProducer, consumer_config, producer_config
 from checkout_saga.metrics_server import WorkerObserver
 from checkout_saga.outbox import OutboxRelay
+from checkout_saga.retry import RetryPolicy
 from checkout_saga.service import CommandService
 from checkout_saga.settings import Settings
 from checkout_saga.topic_admin import create_topics, plan_topics
@@ -66,6 +71,7 @@ DDL = {
     "promotions": promotions_schema.DDL,
 }
 Task = Callable[[asyncio.Event], Awaitable[None]]
+T = TypeVar("T")
 Handler = Callable[[Message], Awaitable[None]]
 
 
@@ -164,6 +170,12 @@ class Runtime:
             lanes=lanes,
             inflight_batches=self.settings.checkout_consumer_inflight_batches,
             commit_interval=self.settings.checkout_consumer_commit_interval_ms / 1000,
+            retry=RetryPolicy(self.settings.checkout_retry_budget_attempts,
+                              self.settings.checkout_retry_budget_seconds),
+            # A quarter of the stop's budget for the handlers in hand, a
+            # quarter for the last commit and the close (the runtime cancels
+            # what is left at 0.6 of it).
+            stop_grace=self.settings.checkout_stop_timeout_seconds / 4,
         )
         self.consumers.append(loop)
         return loop.run
@@ -248,29 +260,128 @@ class Runtime:
             observer.stop()
 
     async def _run(self, stop: asyncio.Event) -> None:
-        await prepare(self.settings)
-        self.producer = AsyncProducer(producer_config(self.settings))
-        await asyncio.to_thread(self.producer.warm_up)
+        clock = StopClock(self.settings.checkout_stop_timeout_seconds)
+        running: list[asyncio.Task[None]] = []
         try:
-            tasks = await self.build()
+            # Starting can hang too (a database that does not answer): a stop
+            # meanwhile cancels it.
+            tasks = await _unless_stopped(stop, self._start())
+            if tasks is None:
+                return
             running = [asyncio.create_task(t(stop)) for t in tasks]
             self.ready.set()
             log.info("serving roles %s", ", ".join(self.roles))
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    stop.set()
-                    raise task.exception()  # type: ignore[misc]
+            await _serve(stop, running)
         finally:
             stop.set()
-            for relay in self.relays.values():  # flush what the last batch wrote
-                with contextlib.suppress(Exception):
-                    await relay.publish_once()
-            self.producer.close()
-            for pool in self.pools.values():
-                await pool.close()
-            if self.redis_client is not None:
-                await self.redis_client.aclose()
+            clock.start()
+            await self._shut_down(running, clock)
+
+    async def _start(self) -> list[Task]:
+        await prepare(self.settings)
+        self.producer = AsyncProducer(producer_config(self.settings))
+        await asyncio.to_thread(self.producer.warm_up)
+        return await self.build()
+
+    async def _shut_down(self, running: list[asyncio.Task[None]], clock: StopClock) -> None:
+        """Within the stop timeout whatever is stuck: the tasks end by
+        themselves (each consumer abandons its batch in hand, uncommitted) or
+        are cancelled; then what is sendable is flushed and the pools closed,
+        each step bounded."""
+        if running:
+            _, late = await asyncio.wait(running, timeout=clock.left(0.6))
+            for task in late:
+                log.warning("stopping: %s still running, cancelled", task.get_coro().__qualname__)  # type: ignore[union-attr]
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=clock.left(0.65))
+        if self.producer is not None:
+            if self.relays:  # what the last batches wrote, if the database still answers
+                await _bounded("flushing the outbox", clock.left(0.8), asyncio.gather(
+                    *(relay.publish_once() for relay in self.relays.values())))
+            self.producer.close(timeout=clock.left(0.9))
+        pools = list(self.pools.values())
+        if not await _bounded("closing the pools", clock.left(0.97),
+                              asyncio.gather(*(pool.close() for pool in pools))):
+            for pool in pools:
+                pool.terminate()
+        if self.redis_client is not None:
+            await _bounded("closing Redis", clock.left(1.0), self.redis_client.aclose())
+
+
+class StopClock:
+    """The stop's time budget: ``left(f)`` is the time until the fraction
+    ``f`` of it has passed since ``start``."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+
+    def left(self, fraction: float) -> float:
+        return max(0.0, self._started + self._seconds * fraction - time.monotonic())
+
+
+async def _serve(stop: asyncio.Event, running: list[asyncio.Task[None]]) -> None:
+    """Until stopped; a task that fails stops everything and its error is raised."""
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([*running, stopping], return_when=asyncio.FIRST_COMPLETED)
+        while stopping not in done:
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            pending = [t for t in running if not t.done()]
+            done, _ = await asyncio.wait([*pending, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s result, unless ``stop`` is set first: then it is cancelled (None)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        return task.result()  # or raise what it raised
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(task, 1.0)
+    return None
+
+
+async def _bounded(what: str, seconds: float, work: Awaitable[Any]) -> bool:
+    """``work`` given ``seconds``; False (logged) when it failed or had to be cancelled."""
+    try:
+        await asyncio.wait_for(work, max(seconds, 0.01))
+        return True
+    except Exception as exc:  # noqa: BLE001 - stopping: what is not done is redone after the restart
+        log.warning("stopping: %s did not finish: %s", what, exc or type(exc).__name__)
+        return False
+
+
+def hard_stop_after(seconds: float) -> threading.Timer:
+    """The last resort of `up`: exit this long from now, whatever the orderly
+    stop is still waiting on (a call stuck in C, a thread that never returns).
+    Workers are stateless, so this loses nothing: whatever was not committed
+    is redelivered, whatever was not published stays in the outbox."""
+
+    def exit_now() -> None:
+        log.critical("stop took longer than %.1fs: exiting without finishing it", seconds)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, exit_now)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _route_by_topic(by_topic: Mapping[str, Handler]) -> Handler:

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     checkout_kafka_fetch_wait_max_ms: int = 10
     checkout_kafka_fetch_min_bytes: int = Field(default=1, ge=1)
     checkout_kafka_linger_ms: float = Field(default=2, ge=0)
+    # The producer's message.max.bytes (librdkafka's default): every dead
+    # letter is cut to fit it (checkout_saga/dead_letters.py).
+    checkout_kafka_message_max_bytes: int = Field(default=1_000_000, ge=16_384, le=1_000_000_000)
     checkout_consumer_batch: int = 500
     checkout_key_concurrency: int = 64
     # Lanes per consumed batch, each one transaction for many messages
@@ -58,6 +61,14 @@ class Settings(BaseSettings):
     checkout_consumer_inflight_batches: int = Field(default=1, ge=1)
     checkout_consumer_commit_interval_ms: int = Field(default=200, ge=0)
     checkout_db_pool_size: int = 12
+    # A message failing transiently is dead-lettered only after this many
+    # failures over this long, and only while other messages on its consumer
+    # succeed (an outage is waited out): checkout_saga/retry.py.
+    checkout_retry_budget_attempts: int = Field(default=10, ge=1)
+    checkout_retry_budget_seconds: float = Field(default=60.0, ge=0)
+    # `up` is gone this long after SIGTERM whatever it was doing: the batch in
+    # hand is abandoned uncommitted, what is sendable flushed, pools closed.
+    checkout_stop_timeout_seconds: float = Field(default=9.0, ge=1, le=300)
     checkout_data_dir: Path = Path(".checkout-saga")
     checkout_sweep_interval_seconds: float = 1.0
     # Hot SKUs: a cold SKU with this many reservations inside one window is

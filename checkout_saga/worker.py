@@ -2,13 +2,15 @@
 
 Consumes in batches, handles different keys concurrently and the messages of
 one key in order, and commits a batch only after every message in it is
-handled. The failure policy is explicit and wraps the handler:
+handled. The failure policy (retry, dead-letter, stop) wraps the handler:
+``checkout_saga/failure_policy.py``.
 
-- transient trouble (a dropped connection, a deadlock) is retried with capped
-  exponential backoff and jitter, without committing, until it succeeds;
-- anything else (a poison message, a bug) goes to ``<topic>.dlq`` with the
-  original bytes and the error, stack and source offset in headers, and the
-  partition moves on.
+A batch whose only unfinished work is waiting (a backoff, or a key an earlier
+batch still holds) does not take one of the ``inflight_batches`` slots: the
+loop fetches and handles what follows, for other keys, meanwhile, up to
+``MAX_WAITING_BATCHES`` such batches. That is what lets other messages
+succeed past a failing one (and so tells a poison message from an outage);
+offsets are still committed only up to the oldest unfinished message.
 
 With a batch handler, the keys of a batch are dealt into a few lanes and each
 lane is handled as one unit of work (one database transaction, one commit for
@@ -16,6 +18,11 @@ many messages: the commit, not the statement, is what a checkout costs most).
 A lane that fails for any reason is rolled back by its handler and handled
 again message by message under the policy above, so a poison message or a
 lost race costs a retry, never a dead letter for its neighbours.
+
+Stopping: retries and backoffs end at once; a handler still running
+``stop_grace`` seconds after the stop is cancelled; batches not finished are
+not committed (their messages are redelivered); the final commit and the
+consumer's close are bounded too, so a dead broker cannot hold the stop.
 """
 
 from __future__ import annotations
@@ -23,21 +30,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-import traceback
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from checkout_saga import metrics, tracing
-from checkout_saga.errors import is_transient
-from checkout_saga.kafka import AsyncProducer, OutgoingMessage
-from schemas.contract import dlq_topic
+from checkout_saga.dead_letters import dead_letter
+from checkout_saga.errors import KafkaFatalError
+from checkout_saga.failure_policy import FailurePolicy
+from checkout_saga.kafka import AsyncProducer
+from checkout_saga.own_thread import OwnThread
+from checkout_saga.retry import RetryPolicy
+
+__all__ = ["BatchHandler", "ConsumerLoop", "Handler", "dead_letter", "deal"]
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +55,37 @@ Handler = Callable[[Message], Awaitable[None]]
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
 
 
+@dataclass
+class _Progress:
+    """How much of a batch is still to do, and how much of that is only waiting."""
+
+    left: int = 0  # key groups not finished
+    waiting: int = 0  # of those, groups in a backoff or behind an earlier batch
+
+    @property
+    def idle(self) -> bool:
+        return self.left > 0 and self.waiting >= self.left
+
+    @contextlib.contextmanager
+    def wait(self, groups: int = 1) -> Iterator[None]:
+        self.waiting += groups
+        try:
+            yield
+        finally:
+            self.waiting -= groups
+
+
 @dataclass(frozen=True)
 class _Dispatch:
     task: asyncio.Task[bool]
     keys: set[Any]
     offsets: dict[tuple[str, int], int]  # next offset per (topic, partition)
+    progress: _Progress = field(default_factory=_Progress)
+
+
+def _ended_well(task: asyncio.Task[bool]) -> bool:
+    """Done, handled to the end (not cancelled, no error, not given up at stop)."""
+    return task.done() and not task.cancelled() and task.exception() is None and task.result()
 
 
 def _next_offsets(msgs: list[Message]) -> dict[tuple[str, int], int]:
@@ -61,26 +96,13 @@ def _next_offsets(msgs: list[Message]) -> dict[tuple[str, int], int]:
     return offsets
 
 
-def dead_letter(msg: Message, error: BaseException, stage: str = "handle") -> OutgoingMessage:
-    key = msg.key()
-    stack = "".join(traceback.format_exception(error))[-4000:]
-    return OutgoingMessage(
-        topic=dlq_topic(msg.topic()),
-        key=key.decode("utf-8", "replace") if key else "",
-        value=msg.value() or b"",
-        headers={
-            "dlq.error": f"{type(error).__name__}: {error}"[:2000],
-            "dlq.error.class": type(error).__name__,
-            "dlq.stage": stage,
-            "dlq.stack": stack,
-            "dlq.source.topic": msg.topic(),
-            "dlq.source.partition": str(msg.partition()),
-            "dlq.source.offset": str(msg.offset()),
-        },
-    )
-
-
 class ConsumerLoop:
+    # Batches that only wait (see the module's docstring) beyond the in-flight
+    # slots: during an outage every batch waits, and this bounds what is held.
+    MAX_WAITING_BATCHES = 4
+    # How often a loop with every slot taken looks again for batches gone idle.
+    RECHECK_SECONDS = 0.05
+
     def __init__(
         self,
         name: str,
@@ -95,85 +117,129 @@ class ConsumerLoop:
         lanes: int = 2,
         inflight_batches: int = 1,
         commit_interval: float = 0.2,
+        retry: RetryPolicy | None = None,
+        stop_grace: float = 3.0,
     ) -> None:
         self.name = name
         self._config = config
         self._topics = topics
         # Each message in a span continuing its sender's trace, counted and timed.
-        self._handler = tracing.instrument(name, handler)
-        self._producer = producer
+        self._policy = FailurePolicy(name, tracing.instrument(name, handler), producer,
+                                     retry or RetryPolicy())
         self._batch = batch
         self._batch_handler = batch_handler
         self._batch_topics = batch_topics
         self._lanes = max(1, lanes)
         self._limit = asyncio.Semaphore(key_concurrency)
-        # librdkafka calls must not overlap: one thread owns the consumer.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{name}")
+        self._thread = OwnThread(f"kafka-{name}")
         self._inflight_batches = max(1, inflight_batches)
         self._commit_interval = commit_interval
+        # Handlers still running this long after stop are cancelled; the
+        # final commit and the close get as long again.
+        self._stop_grace = stop_grace
         self._consumer: Consumer | None = None
         # Handled but not yet committed: next offset per (topic, partition).
         self._pending: dict[tuple[str, int], int] = {}
         self._committed_at = 0.0
-        self.handled = 0
-        self.dead_lettered = 0
+        # A batch gave up: from it on nothing is committed (only at stop, or
+        # before the loop stops on the batch's error).
+        self._stalled = False
+
+    @property
+    def handled(self) -> int:
+        return self._policy.handled
+
+    @property
+    def dead_lettered(self) -> int:
+        return self._policy.dead_lettered
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await self._thread.call(fn, *args)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._consumer = await self._call(Consumer, self._config)
         await self._call(lambda: self._consumer.subscribe(self._topics, on_revoke=self._on_revoke))  # type: ignore[union-attr]
         # Batches being handled, oldest first. The next batch starts while
         # earlier ones still run (a hop does not wait for its neighbours'
-        # commits), unless it shares a key with one of them: then it waits,
-        # so the messages of one key are still handled in order.
+        # commits); messages of a key an earlier batch still holds wait for
+        # it inside the new batch, so the messages of one key stay in order.
         inflight: deque[_Dispatch] = deque()
-        stalled = False
         try:
             while not stop.is_set():
                 # Room first, then fetch: what arrives while the batches in
                 # flight run is fetched as one batch, not trickled in small ones.
-                running = [d.task for d in inflight if not d.task.done()]
-                if len(running) >= self._inflight_batches:
-                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    stalled = stalled or self._settle(inflight)
+                running = [d for d in inflight if not d.task.done()]
+                busy = sum(1 for d in running if not d.progress.idle)
+                if busy >= self._inflight_batches or \
+                        len(running) >= self._inflight_batches + self.MAX_WAITING_BATCHES:
+                    await asyncio.wait([d.task for d in running], timeout=self.RECHECK_SECONDS,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    self._settle(inflight)
                     continue
                 msgs: list[Message] = await self._call(self._fetch)
                 good = [m for m in msgs if not self._is_error(m)]
                 if good:
                     keys = {m.key() for m in good}
-                    waits = [d.task for d in inflight if not d.task.done() and d.keys & keys]
-                    if waits:
-                        await asyncio.wait(waits)
-                    inflight.append(_Dispatch(
-                        asyncio.create_task(self._handle_batch(good, stop)), keys, _next_offsets(good)))
-                stalled = stalled or self._settle(inflight)
-                if not stalled:
-                    await self._commit(force=not good)
+                    earlier = [d for d in inflight if not d.task.done() and d.keys & keys]
+                    progress = _Progress()
+                    task = asyncio.create_task(self._handle_batch(good, stop, progress, earlier))
+                    inflight.append(_Dispatch(task, keys, _next_offsets(good), progress))
+                self._settle(inflight)
+                await self._commit(force=not good)
         finally:
-            if inflight:
-                await asyncio.wait([d.task for d in inflight])
-                if not stalled:
-                    self._settle(inflight)
-            pending = self._take_pending()
-            if pending:  # the last commit is synchronous: leave nothing to redeliver
-                with contextlib.suppress(Exception):
-                    await self._call(lambda: self._consumer.commit(offsets=pending, asynchronous=False))  # type: ignore[union-attr]
-            await self._call(self._consumer.close)
-            self._thread.shutdown(wait=False)
+            await self._abandon(inflight)
+            with contextlib.suppress(Exception):  # raised already, or to be lost in a stop
+                self._settle(inflight)
+            await self._close()
+
+    async def _abandon(self, inflight: deque[_Dispatch]) -> None:
+        """At stop: let the batches in hand end (their retries and backoffs end
+        at once) for up to stop_grace, then cancel the rest: not committed."""
+        tasks = [d.task for d in inflight if not d.task.done()]
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=self._stop_grace)
+        if not late:
+            return
+        log.warning("%s: %d batch(es) still running %.1fs after stop: cancelled, not committed",
+                    self.name, len(late), self._stop_grace)
+        for task in late:
+            task.cancel()
+        await asyncio.wait(late, timeout=1.0)
+
+    async def _close(self) -> None:
+        """The last commit (synchronous: leave nothing to redeliver) and the
+        close, each bounded: with the broker gone either may never return."""
+        pending = self._take_pending()
+        consumer = self._consumer
+        assert consumer is not None
+        steps: list[tuple[str, Callable[[], Any]]] = [("close", consumer.close)]
+        if pending:
+            steps.insert(0, ("commit", lambda: consumer.commit(offsets=pending, asynchronous=False)))
+        until = time.monotonic() + self._stop_grace
+        for what, step in steps:
+            try:
+                await asyncio.wait_for(self._call(step), max(0.01, until - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 - stopping: a redelivery is absorbed by the inbox
+                log.warning("%s: %s at stop failed: %s", self.name, what, exc or type(exc).__name__)
+        self._thread.shutdown()
 
     def _settle(self, inflight: deque[_Dispatch]) -> bool:
         """Make the offsets of finished batches committable, oldest first and
-        never past a batch still running. True when a batch gave up (we are
-        stopping mid-retry): nothing from it on may be committed."""
-        while inflight and inflight[0].task.done():
+        never past a batch still running. True once a batch gave up (stopping
+        mid-retry, cancelled, or failed: its error is raised, which stops the
+        loop): nothing from it on may be committed."""
+        while not self._stalled and inflight and inflight[0].task.done():
             dispatch = inflight.popleft()
-            if not dispatch.task.result():
-                return True
+            task = dispatch.task
+            if not _ended_well(task):
+                self._stalled = True
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+                break
             for tp, offset in dispatch.offsets.items():
                 self._pending[tp] = max(self._pending.get(tp, -1), offset)
-        return False
+        return self._stalled
 
     def _take_pending(self, only: set[tuple[str, int]] | None = None) -> list[TopicPartition]:
         """The offsets to commit (of ``only`` those partitions), no longer pending."""
@@ -187,7 +253,7 @@ class ConsumerLoop:
         a broker request, and a commit that never happens only means a
         redelivery, which the inbox absorbs."""
         now = time.monotonic()
-        if not self._pending or (not force and now - self._committed_at < self._commit_interval):
+        if self._stalled or not self._pending or (not force and now - self._committed_at < self._commit_interval):
             return
         self._committed_at = now
         offsets = self._take_pending()
@@ -221,7 +287,8 @@ class ConsumerLoop:
         log.warning("%s: consumer error %s", self.name, err)
         return True
 
-    async def _handle_batch(self, msgs: list[Message], stop: asyncio.Event) -> bool:
+    async def _handle_batch(self, msgs: list[Message], stop: asyncio.Event, progress: _Progress,
+                            earlier: list[_Dispatch]) -> bool:
         """Handle a batch; False when stopping mid-retry (the batch must not be committed)."""
         by_key: OrderedDict[Any, list[Message]] = OrderedDict()
         for i, msg in enumerate(msgs):
@@ -233,75 +300,65 @@ class ConsumerLoop:
             lane_ok = self._batch_handler is not None and all(
                 m.topic() in self._batch_topics for m in group)
             (batched if lane_ok else single).append(group)
+        progress.left = len(by_key)
         done = await asyncio.gather(
-            *(self._handle_lane(lane, stop) for lane in deal(batched, self._lanes)),
-            *(self._handle_key(group, stop) for group in single),
+            *(self._handle_lane(lane, stop, progress, earlier) for lane in deal(batched, self._lanes)),
+            *(self._handle_key(group, stop, progress, earlier) for group in single),
+            return_exceptions=True,  # the others end first; then the error stops the loop
         )
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
         return all(done)
 
-    async def _handle_lane(self, groups: list[list[Message]], stop: asyncio.Event) -> bool:
+    async def _after_earlier(self, groups: list[list[Message]], progress: _Progress,
+                             earlier: list[_Dispatch]) -> bool:
+        """Wait until the earlier batches holding these groups' keys are done;
+        False when one of them gave up (stopping): these must not go first."""
+        keys = {group[0].key() for group in groups}
+        before = [d.task for d in earlier if d.keys & keys]
+        running = [t for t in before if not t.done()]
+        if running:
+            with progress.wait(len(groups)):
+                await asyncio.wait(running)
+        return all(_ended_well(t) for t in before)
+
+    async def _handle_lane(self, groups: list[list[Message]], stop: asyncio.Event,
+                           progress: _Progress, earlier: list[_Dispatch]) -> bool:
         assert self._batch_handler is not None
+        if not await self._after_earlier(groups, progress, earlier):
+            progress.left -= len(groups)
+            return False
         msgs = [m for group in groups for m in group]
         try:
             await self._batch_handler(msgs)
-            self.handled += len(msgs)
+            self._policy.succeeded(len(msgs))
+            progress.left -= len(groups)
             metrics.LANES.labels(self.name, "committed").inc()
             return True
         except asyncio.CancelledError:
+            raise
+        except KafkaFatalError:
             raise
         except Exception as exc:  # noqa: BLE001 - the lane was rolled back: one by one now
             metrics.LANES.labels(self.name, "one_by_one").inc()
             log.info("%s: a lane of %d message(s) failed as a whole (%s: %s); handling them "
                      "one by one", self.name, len(msgs), type(exc).__name__, exc)
-        done = await asyncio.gather(*(self._handle_key(group, stop) for group in groups))
+        done = await asyncio.gather(*(self._handle_key(group, stop, progress, []) for group in groups))
         return all(done)
 
-    async def _handle_key(self, group: list[Message], stop: asyncio.Event) -> bool:
-        async with self._limit:
-            for msg in group:
-                if not await self._handle_one(msg, stop):
-                    return False
-        return True
-
-    async def _handle_one(self, msg: Message, stop: asyncio.Event) -> bool:
-        attempt = 0
-        while True:
-            try:
-                await self._handler(msg)
-                self.handled += 1
-                return True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - policy: retry or dead-letter
-                if is_transient(exc) and not stop.is_set():
-                    attempt += 1
-                    metrics.RETRIES.labels(self.name, msg.topic()).inc()
-                    delay = min(5.0, 0.05 * 2 ** min(attempt, 8)) * (0.5 + random.random())
-                    log.warning(
-                        "%s: transient error at %s[%d]@%d (attempt %d, retry in %.2fs): %s",
-                        self.name, msg.topic(), msg.partition(), msg.offset(), attempt, delay, exc,
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                if is_transient(exc):
-                    return False
-                await self._dead_letter(msg, exc)
-                return True
-
-    async def _dead_letter(self, msg: Message, exc: BaseException) -> None:
-        log.error(
-            "%s: dead-lettering %s[%d]@%d: %s", self.name, msg.topic(), msg.partition(),
-            msg.offset(), exc,
-        )
-        while True:
-            try:
-                await self._producer.send([dead_letter(msg, exc)])
-                self.dead_lettered += 1
-                metrics.DEAD_LETTERS.labels(msg.topic(), "handle").inc()
-                return
-            except Exception as send_exc:  # noqa: BLE001 - never drop a dead letter
-                log.warning("%s: dead-letter send failed, retrying: %s", self.name, send_exc)
-                await asyncio.sleep(0.5)
+    async def _handle_key(self, group: list[Message], stop: asyncio.Event, progress: _Progress,
+                          earlier: list[_Dispatch]) -> bool:
+        try:
+            if not await self._after_earlier([group], progress, earlier):
+                return False
+            async with self._limit:
+                for msg in group:
+                    if not await self._policy.handle(msg, stop, progress.wait):
+                        return False
+            return True
+        finally:
+            progress.left -= 1
 
 
 def deal(groups: list[list[Message]], lanes: int) -> list[list[list[Message]]]:

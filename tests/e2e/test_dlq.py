@@ -71,7 +71,8 @@ def test_redrive_puts_each_dead_letter_back_once(workers, bus: Bus, env) -> None
     first = json.loads(invoke(env, "dlq", "redrive", SAGA_REPLIES, "--key", sid, "--json").stdout)
     assert first["redriven"] == 1 and first["entries"][0]["offset"] == entry["offset"]
     second = json.loads(invoke(env, "dlq", "redrive", SAGA_REPLIES, "--key", sid, "--json").stdout)
-    assert second == {"redriven": 0, "already_redriven": 1, "entries": [], "dry_run": False}
+    assert second == {"redriven": 0, "already_redriven": 1, "truncated_not_redriven": 0,
+                      "entries": [], "dry_run": False}
     [listed] = entries(env, SAGA_REPLIES, sid)
     assert listed["redriven"] and listed["redriven_at"]
 

@@ -1,11 +1,13 @@
 """The outbox relay on the real PostgreSQL and Kafka: the fast path publishes
 committed rows at once and deletes them once acknowledged; the sweep publishes
 rows a writer left behind (a crash between its commit and its publish), in id
-order, once they are older than the grace period."""
+order, once they are older than the grace period; a row the broker refuses for
+good is quarantined and the rows behind it are published."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -14,9 +16,12 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from helpers import Bus, uid
 
+from checkout_saga import metrics
 from checkout_saga.db import create_pool, messaging_ddl
+from checkout_saga.dead_letters import ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
 from checkout_saga.kafka import AsyncProducer, OutgoingMessage
 from checkout_saga.outbox import OutboxRelay, enqueue
+from schemas.contract import dlq_topic
 
 SCHEMA = "relaytest"
 
@@ -33,14 +38,27 @@ async def pool(scratch_database) -> AsyncIterator[asyncpg.Pool]:  # type: ignore
 def topic(stack) -> str:  # type: ignore[no-untyped-def]
     name = uid("relay")
     admin = AdminClient({"bootstrap.servers": stack.bootstrap})
-    for fut in admin.create_topics([NewTopic(name, 1, 1)]).values():
+    for fut in admin.create_topics([NewTopic(t, 1, 1) for t in (name, dlq_topic(name))]).values():
         fut.result(30)
     return name
 
 
-async def write(pool: asyncpg.Pool, topic: str, keys: list[str]):  # type: ignore[no-untyped-def]
+def message(topic: str, key: str, value: bytes | None = None) -> OutgoingMessage:
+    return OutgoingMessage(topic, key, f"v-{key}".encode() if value is None else value)
+
+
+async def write(pool: asyncpg.Pool, topic: str, keys: list[str],  # type: ignore[no-untyped-def]
+                messages: list[OutgoingMessage] | None = None):
     async with pool.acquire() as conn, conn.transaction():
-        return await enqueue(conn, SCHEMA, [OutgoingMessage(topic, k, f"v-{k}".encode()) for k in keys])
+        return await enqueue(conn, SCHEMA, messages or [message(topic, k) for k in keys])
+
+
+async def quarantined(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(f"SELECT id, topic, key, value, error FROM {SCHEMA}.outbox_quarantine ORDER BY id")
+
+
+def counted(schema: str = SCHEMA) -> float:
+    return metrics.REGISTRY.get_sample_value("checkout_outbox_quarantined_total", {"schema": schema}) or 0.0
 
 
 async def rows(pool: asyncpg.Pool) -> int:
@@ -106,3 +124,60 @@ async def test_wake_sweeps_at_once_whatever_the_age(stack, pool, topic) -> None:
         relay.wake()
         assert await published(bus, topic, 1) == ["w1"]
         assert await rows(pool) == 0
+
+
+# ---- a poison row is quarantined and the relay goes on ------------------------------------
+
+
+async def test_fast_path_quarantines_a_row_too_large_to_send_and_publishes_the_rest(stack, pool, topic) -> None:  # type: ignore[no-untyped-def]
+    """A 1.2 MB row (over the producer's 1,000,000 bytes: produce() refuses it
+    at once) between two good ones. On the old code publish() raised
+    MSG_SIZE_TOO_LARGE into the writer, after its commit, and the sweep then
+    retried the row for ever, holding every row behind it."""
+    big = b"B" * 1_200_000
+    before = counted()
+    async with relay_running(stack.bootstrap, pool, grace=600) as (relay, bus):
+        first = await write(pool, topic, [], [message(topic, "a"), message(topic, "big", big),
+                                              message(topic, "b")])
+        relay.publish(first)  # must not raise
+        relay.publish(await write(pool, topic, ["c"]))
+        assert await published(bus, topic, 3) == ["a", "b", "c"]
+        for _ in range(100):
+            if await rows(pool) == 0 and await quarantined(pool):
+                break
+            await asyncio.sleep(0.05)
+        assert await rows(pool) == 0
+        [row] = await quarantined(pool)
+        assert (row["id"], row["key"], bytes(row["value"])) == (first.ids[1], "big", big)
+        assert "MSG_SIZE_TOO_LARGE" in row["error"]
+        assert counted() == before + 1
+        # A bounded copy in the topic's dead letters, saying where the row is.
+        [copy] = [r for r in await asyncio.to_thread(bus.poll, dlq_topic(topic), 3) if r["key"] == "big"]
+        assert copy["headers"][TRUNCATED] == "true" and copy["headers"][ORIGINAL_SIZE] == str(len(big))
+        assert copy["headers"][ORIGINAL_SHA256] == hashlib.sha256(big).hexdigest()
+        assert big.startswith(copy["raw"]) and copy["headers"]["dlq.stage"] == "outbox"
+        assert copy["headers"]["dlq.outbox.quarantined"] == f"{SCHEMA}.outbox_quarantine:{first.ids[1]}"
+        # And the relay still publishes what comes next.
+        relay.publish(await write(pool, topic, ["d"]))
+        assert (await published(bus, topic, 4))[-1] == "d"
+
+
+async def test_sweep_quarantines_a_row_for_a_bad_topic_name_and_publishes_the_rows_behind_it(
+        stack, pool, topic) -> None:  # type: ignore[no-untyped-def]
+    """Rows left behind by a writer, the second for a topic name the broker
+    rejects (TOPIC_EXCEPTION, "Invalid topic"): the sweep publishes the others
+    in id order and quarantines that one; its dead-letter copy cannot be sent
+    (its .dlq is no valid name either) and the row stays in the quarantine."""
+    await write(pool, topic, [], [message(topic, "k1"), message("bad topic!", "k2"),
+                                  message(topic, "k3")])
+    await write(pool, topic, ["k4"])
+    async with relay_running(stack.bootstrap, pool, grace=0.2) as (_relay, bus):
+        assert await published(bus, topic, 3) == ["k1", "k3", "k4"]
+        for _ in range(100):
+            if await rows(pool) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await rows(pool) == 0
+        [row] = await quarantined(pool)
+        assert (row["topic"], row["key"]) == ("bad topic!", "k2")
+        assert "TOPIC_EXCEPTION" in row["error"]
