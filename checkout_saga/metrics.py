@@ -83,6 +83,9 @@ DEAD_LETTERS = Counter("checkout_dead_letters",
                        "Messages sent to a dead-letter topic, by source topic and stage "
                        "(handle, parse, compensation, retries, outbox).", ["topic", "stage"],
                        registry=REGISTRY)
+DEADLINES_PARKED = Counter("checkout_saga_deadlines_parked",
+                           "Sagas whose deadline could not be handled (a bug, a corrupt row): "
+                           "marked stuck, deadline cleared, for an operator.", registry=REGISTRY)
 DEAD_LETTERS_TRUNCATED = Counter("checkout_dead_letters_truncated",
                                  "Dead letters sent as a truncated copy (the original would not "
                                  "fit the producer's message.max.bytes), by source topic.",

@@ -20,7 +20,7 @@ import asyncpg
 from confluent_kafka import Message
 
 from checkout_saga import metrics, tracing
-from checkout_saga.errors import PermanentError, TransientError
+from checkout_saga.errors import PermanentError, TransientError, is_transient
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message, parse_message
 from checkout_saga.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql, traced
@@ -215,16 +215,39 @@ class Coordinator:
                 limit,
             )
             for row in rows:
-                state = from_json(json.loads(row["state"]))
-                definition = DEFINITIONS[state.definition_version]
-                event = DeadlinePassed(row["deadline_token"] or "")
-                decision = decide(definition, self._config.machine, state, event)
-                with tracing.resumed(state.context.get(tracing.SAGA_CONTEXT_KEY),
-                                     "saga deadline", state.session_id):
-                    written.add(await self._apply(conn, definition, decision, row["version"],
-                                                  previous=state, clear_deadline=True))
+                try:
+                    async with conn.transaction():  # a savepoint: one bad saga is undone alone
+                        written.add(await self._fire_deadline(conn, row))
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise  # the whole pass again, later
+                    await self._park(conn, row["checkout_session_id"], exc)
         self._relay.publish(written)
         return len(rows)
+
+    async def _fire_deadline(self, conn: asyncpg.Connection, row: asyncpg.Record) -> Written:
+        state = from_json(json.loads(row["state"]))
+        definition = DEFINITIONS[state.definition_version]
+        decision = decide(definition, self._config.machine, state,
+                          DeadlinePassed(row["deadline_token"] or ""))
+        with tracing.resumed(state.context.get(tracing.SAGA_CONTEXT_KEY),
+                             "saga deadline", state.session_id):
+            return await self._apply(conn, definition, decision, row["version"],
+                                     previous=state, clear_deadline=True)
+
+    async def _park(self, conn: asyncpg.Connection, session_id: str, exc: Exception) -> None:
+        """A saga whose deadline cannot be carried out (a bug, a corrupt row)
+        would fail every pass, and every saga due after it with it: it loses
+        its deadline, is marked stuck with the error in its log, and waits for
+        an operator (`saga list --stuck`)."""
+        detail = f"deadline could not be handled ({type(exc).__name__}: {exc}); saga stuck"[:2000]
+        log.error("saga %s: %s", session_id, detail)
+        metrics.DEADLINES_PARKED.inc()
+        await conn.execute(
+            "UPDATE saga.instances SET deadline_at = NULL, deadline_token = NULL, "
+            "state = jsonb_set(state, '{stuck}', 'true'), version = version + 1, "
+            "updated_at = now() WHERE checkout_session_id = $1", session_id)
+        await self._log(conn, session_id, [("-", "deadline-error", detail)])
 
     # ---- carrying out a decision ----------------------------------------------
 
