@@ -26,7 +26,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -87,8 +86,7 @@ async def reserve_for_update(conn: asyncpg.Connection, cmd: Command) -> Outcome:
         await conn.execute(
             "UPDATE inventory.products SET available = available - $2, held = held + $2 "
             "WHERE sku = $1", line.sku, line.quantity)
-    expires = datetime.now(UTC) + timedelta(seconds=HOLD_TTL)
-    await store.add_holds(conn, cmd.checkout_session_id, lines, expires)
+    await store.add_holds(conn, cmd.checkout_session_id, lines, HOLD_TTL)
     return Outcome(ok(cmd))
 
 

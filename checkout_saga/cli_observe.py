@@ -28,6 +28,7 @@ KIND_STYLES: dict[str, str] = {
     "compensated": "magenta",
     "late-reply": "yellow",
     "dead-letter": "bold white on red",
+    "gave-up": "bold white on red",
     "ignored": "dim",
     "repeat": "dim",
 }
@@ -103,7 +104,8 @@ def saga_heading(found: Mapping[str, Any]) -> Text:
         f"  definition v{found['definition_version']}",
     )
     if found.get("stuck"):
-        text.append("  STUCK: a compensation was dead-lettered", style="bold white on red")
+        what = "a compensation" if status == "COMPENSATING" else "an action past the pivot"
+        text.append(f"  STUCK: {what} was dead-lettered", style="bold white on red")
     if found.get("created_at") and found.get("finished_at"):
         took = datetime.fromisoformat(found["finished_at"]) - datetime.fromisoformat(found["created_at"])
         text.append(f"  took {duration(took.total_seconds())}")

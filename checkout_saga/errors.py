@@ -18,6 +18,7 @@ errors by ``kafka_error``, in the producer adapter.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import asyncpg
 import redis.exceptions
@@ -73,11 +74,27 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
+    # A failover in progress: the node we reach was demoted to a replica
+    # (READONLY), lost its primary (MASTERDOWN), or a cluster is moving or
+    # missing slots (TRYAGAIN, CLUSTERDOWN). Once the new primary is there the
+    # same command works, and nothing was written by the refused one.
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,  # MasterDownError too
+    redis.exceptions.TryAgainError,
 )
+
+# The same failover refusals when they come back without their own class:
+# Redis 6 wraps an error raised inside a Lua script (every gate is one) as
+# "ERR Error running script ... -READONLY You can't write ...", and redis-py
+# has no class for NOREPLICAS (min-replicas-to-write not met during a failover).
+_REDIS_FAILOVER = re.compile(r"(?:\A|-)(READONLY|MASTERDOWN|LOADING|TRYAGAIN|CLUSTERDOWN|NOREPLICAS)\b")
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, _TRANSIENT)
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and bool(
+        _REDIS_FAILOVER.search(str(exc)))
 
 
 # Errors that belong to one message: the same bytes to the same topic fail

@@ -82,6 +82,7 @@ def machine_config(settings: Settings) -> MachineConfig:
             "payment": settings.checkout_payment_timeout_seconds,
         },
         max_compensation_attempts=settings.checkout_compensation_max_attempts,
+        max_action_attempts=settings.checkout_step_max_attempts,
     )
 
 

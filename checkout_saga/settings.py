@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Our own knobs; every one has a production-safe default.
     checkout_step_timeout_seconds: float = Field(default=20.0, gt=0)
     checkout_compensation_max_attempts: int = Field(default=8, ge=1)
+    # Sends of an unanswered action before the saga gives up (compensates, or
+    # past the pivot dead-letters it and waits for an operator).
+    checkout_step_max_attempts: int = Field(default=8, ge=1)
     # The simulator's "never answers" token answers this long after the
     # payment timeout, so a late authorization can be seen and voided.
     checkout_gateway_late_answer_seconds: float = Field(default=2.0, ge=0)

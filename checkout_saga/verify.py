@@ -29,7 +29,7 @@ from checkout_saga.db import create_pool
 from checkout_saga.settings import Settings
 from checkout_saga.topic_reader import Record, TopicUnavailable, read_topic
 from checkout_saga.topics import CHECKOUT_REQUESTED, CHECKOUT_RESULTS, ORDERS_CONFIRMED
-from schemas.contract import TOPIC_EVENT_TYPES, CheckoutRequested
+from schemas.contract import SESSION_ID_PATTERN, TOPIC_EVENT_TYPES, CheckoutRequested
 from schemas.envelope import InvalidEvent, parse_event
 
 LIVE_CHARGES = ("AUTHORIZED", "CAPTURED")
@@ -120,6 +120,7 @@ class Facts:
             rows = await self.fetch("saga", """
                 SELECT checkout_session_id AS session, status, deadline_at, finished_at,
                        created_at, state->'context'->>'order_id' AS order_id,
+                       state->'failure'->>'reason' AS reason,
                        coalesce((state->>'stuck')::boolean, false) AS stuck,
                        extract(epoch FROM now() - deadline_at) AS overdue,
                        extract(epoch FROM now() - created_at) AS age,
@@ -278,7 +279,8 @@ async def sagas_end(facts: Facts) -> list[dict[str, Any]]:
     out = []
     for r in rows:
         if r["stuck"]:
-            why = "stuck: its compensation was dead-lettered"
+            why = ("stuck: its compensation was dead-lettered" if r["status"] == "COMPENSATING"
+                   else "stuck: an action past the pivot was dead-lettered")
         elif r["deadline_at"] is None:
             why = "not ended and has no deadline"
         elif float(r["overdue"]) > opts.grace:
@@ -341,10 +343,12 @@ async def order_confirmed_once(facts: Facts) -> list[dict[str, Any]]:
 
 
 async def requests_handled(facts: Facts) -> list[dict[str, Any]]:
-    """Every valid CheckoutRequested started a saga; every invalid one with a
-    readable session id was answered INVALID_REQUEST."""
+    """Every valid CheckoutRequested started a saga; every invalid one whose
+    session id can be read (from its body, else its Kafka key) got an answer:
+    its session's one result, unless that session's saga is still running
+    (its result comes when it ends)."""
     sagas = await facts.sagas()
-    answered = {s for s, types in (await _results(facts)).items() if "INVALID_REQUEST" in types}
+    answered = await _results(facts)
     out: list[dict[str, Any]] = []
     for record in await facts.records(CHECKOUT_REQUESTED):
         if not facts.old_enough(record):
@@ -352,10 +356,13 @@ async def requests_handled(facts: Facts) -> list[dict[str, Any]]:
         try:
             _, data = parse_event(record.value, TOPIC_EVENT_TYPES[CHECKOUT_REQUESTED])
         except InvalidEvent as bad:
-            if bad.session_id and bad.session_id not in answered:
-                out.append({"checkout_session_id": bad.session_id, "partition": record.partition,
-                            "offset": record.offset,
-                            "problem": "invalid request never answered INVALID_REQUEST"})
+            key = record.key if record.key and SESSION_ID_PATTERN.match(record.key) else None
+            session = bad.session_id or key
+            saga = sagas.get(session) if session else None
+            running = saga is not None and saga["status"] not in ("SUCCEEDED", "FAILED")
+            if session and session not in answered and not running:
+                out.append({"checkout_session_id": session, "partition": record.partition,
+                            "offset": record.offset, "problem": "invalid request never answered"})
             continue
         assert isinstance(data, CheckoutRequested)
         if data.checkout_session_id not in sagas:
@@ -365,43 +372,64 @@ async def requests_handled(facts: Facts) -> list[dict[str, Any]]:
     return out
 
 
-async def _results(facts: Facts) -> dict[str, set[str]]:
-    """Per session, the result kinds published: SUCCEEDED, FAILED, INVALID_REQUEST."""
-    async def load() -> dict[str, set[str]]:
-        out: dict[str, set[str]] = defaultdict(set)
+@dataclass(frozen=True)
+class Published:
+    id: str
+    type: str  # CheckoutSucceeded | CheckoutFailed
+    reason: str | None  # CheckoutFailed's
+    old: bool  # published more than ``grace`` ago
+
+
+async def _results(facts: Facts) -> dict[str, list[Published]]:
+    """Per session, every result published (republications included)."""
+    async def load() -> dict[str, list[Published]]:
+        out: dict[str, list[Published]] = defaultdict(list)
         for record in await facts.records(CHECKOUT_RESULTS):
             try:
                 event = json.loads(record.value)
-                session = event["data"]["checkout_session_id"]
-                if event["type"] == "CheckoutSucceeded":
-                    out[session].add("SUCCEEDED")
-                elif event["data"].get("reason") == "INVALID_REQUEST":
-                    out[session].add("INVALID_REQUEST")
-                else:
-                    out[session].add("FAILED")
+                out[event["data"]["checkout_session_id"]].append(
+                    Published(event["id"], event["type"], event["data"].get("reason"),
+                              facts.old_enough(record)))
             except (ValueError, KeyError, TypeError):
                 continue
         return out
     return await facts.once("results", load)  # type: ignore[no-any-return]
 
 
+def _described(result: Published) -> str:
+    return result.type + (f" {result.reason}" if result.reason else "")
+
+
 async def results_published(facts: Facts) -> list[dict[str, Any]]:
-    """Every ended saga told the cart, and never the opposite."""
+    """Every ended saga told the cart its own result, under one id however
+    often it was republished, and nothing else; no result without a saga."""
     results = await _results(facts)
+    sagas = await facts.sagas()
     out: list[dict[str, Any]] = []
-    opposite = {"SUCCEEDED": "FAILED", "FAILED": "SUCCEEDED"}
-    for session, saga in (await facts.sagas()).items():
+    expected = {"SUCCEEDED": "CheckoutSucceeded", "FAILED": "CheckoutFailed"}
+    for session, saga in sagas.items():
         status = saga["status"]
-        if status not in opposite:
+        if status not in expected:
             continue
-        seen = results.get(session, set())
-        if opposite[status] in seen:
+        seen = results.get(session, [])
+        wrong = sorted({_described(r) for r in seen if r.type != expected[status]
+                        or saga["reason"] is not None and r.reason != saga["reason"]})
+        if wrong:
             out.append({"checkout_session_id": session, "status": status,
-                        "problem": f"a {opposite[status]} result was published too"})
-        if (status not in seen and saga["since_finished"] is not None
+                        "problem": f"another result was published too: {', '.join(wrong)}"})
+        ids = {r.id for r in seen}
+        if len(ids) > 1:
+            out.append({"checkout_session_id": session, "status": status,
+                        "problem": f"{len(ids)} results with different ids"})
+        if (not seen and saga["since_finished"] is not None
                 and float(saga["since_finished"]) > facts.options.grace):
             out.append({"checkout_session_id": session, "status": status,
                         "problem": "ended but its result was never published"})
+    # Old enough only: a saga that began after the sagas were read may have answered since.
+    for session in sorted(s for s in results.keys() - sagas.keys()
+                          if any(r.old for r in results[s])):
+        out.append({"checkout_session_id": session, "status": None,
+                    "problem": "a result was published for a session with no saga"})
     return out
 
 
@@ -437,10 +465,10 @@ CHECKS: tuple[tuple[str, str, CheckFn], ...] = (
     ("order-confirmed-once", ("One OrderConfirmed (by id) per succeeded checkout, none for "
                               "others"), order_confirmed_once),
     ("promo-counters", "Promo use counters equal the usage ledger", promo_counters),
-    ("requests-handled", ("Every checkout request started a saga or was answered "
-                          "INVALID_REQUEST"), requests_handled),
-    ("results-published", "Every ended saga published its result, and only that one",
-     results_published),
+    ("requests-handled", ("Every valid checkout request started a saga; every readable "
+                          "invalid one was answered"), requests_handled),
+    ("results-published", ("Every ended saga published its result, under one id, and only "
+                           "that one"), results_published),
 )
 
 

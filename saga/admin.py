@@ -115,7 +115,8 @@ def _describe(
         step, command = s.name, s.compensation or "-"
     why: list[str] = []
     if state.stuck:
-        why.append("compensation dead-lettered")
+        why.append("compensation dead-lettered" if state.status is SagaStatus.COMPENSATING
+                   else "action dead-lettered after the pivot")
     overdue = row["overdue"]
     if row["deadline_at"] is None:
         why.append("no deadline")

@@ -5,6 +5,11 @@ Concurrency is optimistic: a saga row is read, decided on and written back
 with ``WHERE version = $read``; losing that race (the deadline timer moved
 first) raises a transient error and the consumer loop simply runs the event
 again against the fresh row.
+
+Every time is PostgreSQL's: a deadline is written as ``now() + secs`` and fired
+by ``deadline_at <= now()``, a finish time (the result's CloudEvents ``time``
+too) is the transaction's ``now()``. A worker whose clock is off never times a
+step out early or late.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -58,12 +63,27 @@ class SagaMovedOn(TransientError):
     """Another worker updated the saga between our read and our write."""
 
 
+# A deadline to write: seconds from PostgreSQL's now() (None: no deadline) and its token.
+Deadline = tuple[float | None, str | None]
+
+
 @dataclass
 class Plan:
     out: list[OutgoingMessage]
     entries: list[tuple[str, str, str]]
-    deadline: tuple[datetime | None, str | None] | None  # None: unchanged
+    deadline: Deadline | None  # None: unchanged
     finished_at: datetime | None
+
+
+def _needs_time(decision: Decision) -> bool:
+    """Whether carrying the decision out needs the time (a result's, a finish's)."""
+    return decision.state.status.terminal or any(
+        isinstance(e, PublishOutcome) for e in decision.effects)
+
+
+async def _db_now(conn: asyncpg.Connection) -> datetime:
+    now: datetime = await conn.fetchval("SELECT now()")
+    return now
 
 
 @dataclass(frozen=True)
@@ -90,14 +110,14 @@ class Coordinator:
         assert isinstance(data, CheckoutRequested)
         decision = self._start(data, event.id)
         async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
+            now = await conn.fetchval(
                 "INSERT INTO saga.instances (checkout_session_id, definition_version, status, state) "
-                "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING RETURNING true",
+                "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING RETURNING now()",
                 data.checkout_session_id, CURRENT.version, decision.state.status.value,
                 json.dumps(to_json(decision.state)),
             )
-            if inserted:
-                written = await self._apply(conn, CURRENT, decision, version=1)
+            if now is not None:
+                written = await self._apply(conn, CURRENT, decision, version=1, now=now)
             else:
                 written = await self._repeat(conn, data.checkout_session_id)
         self._relay.publish(written)
@@ -142,7 +162,8 @@ class Coordinator:
         # outbox rows in one statement guarded by the version we read.
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT state, version FROM saga.instances WHERE checkout_session_id = $1",
+                "SELECT state, version, now() AS now FROM saga.instances "
+                "WHERE checkout_session_id = $1",
                 session_id,
             )
             if row is None:
@@ -151,7 +172,7 @@ class Coordinator:
             definition = DEFINITIONS[state.definition_version]
             decision = decide(definition, self._config.machine, state, event)
             written = await self._apply(conn, definition, decision, version=row["version"],
-                                        previous=state)
+                                        previous=state, now=row["now"])
         self._relay.publish(written)
         return decision
 
@@ -163,18 +184,19 @@ class Coordinator:
         Anything unusual (bad input, a reply for no saga, a lost race) raises
         with nothing written, and the consumer loop goes one by one."""
         events = [_lane_event(msg) for msg in msgs]
-        now = datetime.now(UTC)
+        now: datetime | None = None  # PostgreSQL's, read with the rows (or when first needed)
         sagas: dict[str, LaneSaga] = {}
         out: list[OutgoingMessage] = []
         entries: list[tuple[str, str, str, str]] = []
         decisions: list[Decision] = []
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT checkout_session_id, state, version, finished_at FROM saga.instances "
-                "WHERE checkout_session_id = ANY($1::text[]) FOR UPDATE",
+                "SELECT checkout_session_id, state, version, finished_at, now() AS now "
+                "FROM saga.instances WHERE checkout_session_id = ANY($1::text[]) FOR UPDATE",
                 list(dict.fromkeys(sid for _, sid, _ in events)),
             )
             for row in rows:
+                now = row["now"]
                 sagas[row["checkout_session_id"]] = LaneSaga(
                     from_json(json.loads(row["state"])), row["version"], row["finished_at"])
             for msg, sid, event in events:
@@ -187,6 +209,8 @@ class Coordinator:
                         decision = decide(definition, self._config.machine, saga.state, event)
                     elif saga is not None:
                         assert saga.state is not None
+                        if saga.finished_at is None and saga.state.status.terminal:
+                            now = now or await _db_now(conn)
                         messages, entry = repeated(saga.state, saga.finished_at or now)
                         out.extend(traced(m) for m in messages)
                         entries.append((sid, *entry))
@@ -195,6 +219,8 @@ class Coordinator:
                         event_id, data = event
                         definition, decision = CURRENT, self._start(data, event_id)
                         saga = sagas[sid] = LaneSaga(None, 0, None)
+                    if now is None and _needs_time(decision):
+                        now = await _db_now(conn)
                     plan = self._plan(definition, decision, saga.state, now)
                     saga.absorb(decision.state, plan)
                     out.extend(plan.out)
@@ -210,8 +236,9 @@ class Coordinator:
         written = Written()
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT checkout_session_id, state, version, deadline_token FROM saga.instances "
-                "WHERE deadline_at <= now() ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "SELECT checkout_session_id, state, version, deadline_token, now() AS now "
+                "FROM saga.instances WHERE deadline_at <= now() ORDER BY deadline_at LIMIT $1 "
+                "FOR UPDATE SKIP LOCKED",
                 limit,
             )
             for row in rows:
@@ -233,7 +260,7 @@ class Coordinator:
         with tracing.resumed(state.context.get(tracing.SAGA_CONTEXT_KEY),
                              "saga deadline", state.session_id):
             return await self._apply(conn, definition, decision, row["version"],
-                                     previous=state, clear_deadline=True)
+                                     previous=state, clear_deadline=True, now=row["now"])
 
     async def _park(self, conn: asyncpg.Connection, session_id: str, exc: Exception) -> None:
         """A saga whose deadline cannot be carried out (a bug, a corrupt row)
@@ -256,26 +283,29 @@ class Coordinator:
         definition: SagaDefinition,
         decision: Decision,
         previous: SagaState | None,
-        now: datetime,
+        now: datetime | None,
         clear_deadline: bool = False,
     ) -> Plan:
         """What carrying out a decision writes: its outgoing messages (with the
-        current span's traceparent), log entries, deadline and finish time."""
+        current span's traceparent), log entries, deadline and finish time.
+        ``now`` is PostgreSQL's (needed only when the decision publishes or ends)."""
         state = decision.state
         out: list[OutgoingMessage] = []
-        deadline: tuple[datetime | None, str | None] | None = (None, None) if clear_deadline else None
+        deadline: Deadline | None = (None, None) if clear_deadline else None
         for effect in decision.effects:
             if isinstance(effect, SendCommand):
                 out.append(self._command(definition, state, effect))
             elif isinstance(effect, ScheduleDeadline):
-                deadline = (now + timedelta(seconds=effect.seconds), effect.token)
+                deadline = (effect.seconds, effect.token)
             elif isinstance(effect, ClearDeadline):
                 deadline = (None, None)
             elif isinstance(effect, PublishOutcome):
+                assert now is not None, "a result needs PostgreSQL's time"
                 out.extend(result_messages(state, now, with_order=effect.succeeded))
             elif isinstance(effect, DeadLetter):
                 out.append(self._dead_letter_command(definition, state, effect))
         finished = state.status.terminal and (previous is None or not previous.status.terminal)
+        assert now is not None or not finished, "a finish needs PostgreSQL's time"
         return Plan(
             [traced(m) for m in out],
             [(e.step, e.kind, e.detail) for e in decision.log],
@@ -291,16 +321,20 @@ class Coordinator:
         version: int,
         previous: SagaState | None = None,
         clear_deadline: bool = False,
+        now: datetime | None = None,
     ) -> Written:
         state = decision.state
-        plan = self._plan(definition, decision, previous, datetime.now(UTC), clear_deadline)
+        if now is None and _needs_time(decision):
+            now = await _db_now(conn)
+        plan = self._plan(definition, decision, previous, now, clear_deadline)
         sets = ["state = $3::jsonb", "status = $4", "version = version + 1", "updated_at = now()"]
         args: list[object] = [state.session_id, version, json.dumps(to_json(state)), state.status.value]
         entries = plan.entries
         args += [[e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]]
         args += insert_args(plan.out)
-        if plan.deadline is not None:
-            sets += ["deadline_at = $12", "deadline_token = $13"]
+        if plan.deadline is not None:  # on PostgreSQL's clock, which fires it
+            sets += ["deadline_at = now() + make_interval(secs => $12::float8)",
+                     "deadline_token = $13"]
             args += [plan.deadline[0], plan.deadline[1]]
         if plan.finished_at is not None:
             sets.append(f"finished_at = ${len(args) + 1}")
@@ -339,11 +373,12 @@ class Coordinator:
         self, definition: SagaDefinition, state: SagaState, effect: DeadLetter
     ) -> OutgoingMessage:
         # The command as last sent: its attempt number is the one that went unanswered.
-        last = SendCommand(effect.step, effect.command, max(state.attempt, 1), True)
+        last = SendCommand(effect.step, effect.command, max(state.attempt, 1),
+                           compensation=effect.stage == "compensation")
         msg = self._command(definition, state, last)
         return OutgoingMessage(
             dlq_topic(msg.topic), msg.key, msg.value,
-            {"dlq.error": effect.detail, "dlq.stage": "compensation",
+            {"dlq.error": effect.detail, "dlq.stage": effect.stage,
              "dlq.source.topic": msg.topic, "dlq.source.offset": "-1"},
         )
 
@@ -356,10 +391,13 @@ class Coordinator:
             )
 
 
-def repeated(state: SagaState, finished_at: datetime) -> tuple[list[OutgoingMessage], tuple[str, str, str]]:
+def repeated(
+    state: SagaState, finished_at: datetime | None
+) -> tuple[list[OutgoingMessage], tuple[str, str, str]]:
     """A request for a saga that exists: its result again (same ids, no
     OrderConfirmed) once it has one, and the step-log entry saying so."""
     if state.status.terminal:
+        assert finished_at is not None, "an ended saga has its finish time"
         return (result_messages(state, finished_at, with_order=False),
                 ("-", "repeat", "request repeated: result re-sent"))
     return [], ("-", "repeat", "request repeated while running: ignored")
@@ -398,7 +436,7 @@ class LaneSaga:
     version: int  # as read (0: a new row)
     finished_at: datetime | None
     changed: bool = False
-    deadline: tuple[datetime | None, str | None] | None = None
+    deadline: Deadline | None = None
 
     def absorb(self, state: SagaState, plan: Plan) -> None:
         self.state, self.changed = state, True
@@ -436,18 +474,20 @@ async def _write_lane(
         WITH inserted AS (
             INSERT INTO saga.instances (checkout_session_id, definition_version, status, state,
                                         deadline_at, deadline_token, finished_at)
-            SELECT s, v, st, j::jsonb, da, dt, fa FROM unnest($1::text[], $2::int[], $3::text[],
-                $4::text[], $5::bool[], $6::timestamptz[], $7::text[], $8::timestamptz[])
+            SELECT s, v, st, j::jsonb, now() + make_interval(secs => da), dt, fa
+            FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bool[],
+                        $6::float8[], $7::text[], $8::timestamptz[])
                 AS n(s, v, st, j, sd, da, dt, fa)
             ON CONFLICT DO NOTHING RETURNING 1
         ), moved AS (
             UPDATE saga.instances i SET state = u.j::jsonb, status = u.st,
                 version = i.version + 1, updated_at = now(),
-                deadline_at = CASE WHEN u.sd THEN u.da ELSE i.deadline_at END,
+                deadline_at = CASE WHEN u.sd THEN now() + make_interval(secs => u.da)
+                                   ELSE i.deadline_at END,
                 deadline_token = CASE WHEN u.sd THEN u.dt ELSE i.deadline_token END,
                 finished_at = coalesce(u.fa, i.finished_at)
             FROM unnest($9::text[], $10::int[], $11::text[], $12::text[], $13::bool[],
-                        $14::timestamptz[], $15::text[], $16::timestamptz[])
+                        $14::float8[], $15::text[], $16::timestamptz[])
                 AS u(s, ver, st, j, sd, da, dt, fa)
             WHERE i.checkout_session_id = u.s AND i.version = u.ver RETURNING 1
         ), logged AS (

@@ -42,7 +42,8 @@ class Progress:
     undo: Mapping[str, str] = field(default_factory=dict)
 
 
-_FORWARD = {"command": "active", "succeeded": "done", "failed": "failed", "timeout": "timeout"}
+_FORWARD = {"command": "active", "succeeded": "done", "failed": "failed", "timeout": "timeout",
+            "gave-up": "failed"}
 _BACKWARD = {"command": "undoing", "failed": "undoing", "timeout": "undoing",
              "compensated": "compensated", "dead-letter": "stuck"}
 

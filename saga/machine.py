@@ -13,7 +13,14 @@ Rules that keep the contract's guarantees:
 - compensations are retried with backoff until they succeed, and a
   compensation that keeps failing is dead-lettered and the saga marked stuck,
   never silently dropped; if that compensation succeeds after all (a late
-  answer or a redrive), the saga resumes and still ends.
+  answer or a redrive), the saga resumes and still ends;
+- an action is re-sent at most ``max_action_attempts`` times (a command its
+  service dead-letters is otherwise re-sent forever): before the pivot the
+  saga then gives up and undoes what it did, failing with the step's timeout
+  reason or INVALID_REQUEST (the request could not be processed); at or after
+  the pivot, where nothing may be undone, the commands are dead-lettered and
+  the saga marked stuck until an answer (late, or after a redrive) or an
+  operator moves it on.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class MachineConfig:
         default_factory=lambda: {"step": 20.0, "payment": 30.0}
     )
     max_compensation_attempts: int = 8
+    # Sends of one action (the first and its re-sends) before the saga gives up.
+    max_action_attempts: int = 8
     retry_backoff_cap: float = 60.0
     # Delay before a compensation that answered "failed" is tried again.
     compensation_retry_delay: float = 0.5
@@ -123,6 +132,8 @@ def _advance(
     after: int,
     log: tuple[LogEntry, ...] = (),
 ) -> Decision:
+    # A stage done is a stuck saga moving again (its dead-lettered commands answered).
+    state = replace(state, stuck=False)
     nxt = _next_runnable(definition, state, after)
     if nxt is None:
         done = replace(state, status=SagaStatus.SUCCEEDED, cursor=len(definition.steps), attempt=0)
@@ -241,9 +252,39 @@ def _on_deadline(
         # The timed-out steps may still have happened: undo them too.
         also = tuple(s.name for s in waiting)
         return _compensate(definition, config, state, failure, also=also, log=(entry,))
+    if state.attempt >= config.max_action_attempts:
+        return _give_up(definition, config, state, waiting)
     entries = tuple(LogEntry(s.name, "timeout", f"no answer to {s.action}; re-sending")
                     for s in waiting)
     return _send_action(definition, config, replace(state, attempt=state.attempt + 1), entries)
+
+
+def _give_up(
+    definition: SagaDefinition, config: MachineConfig, state: SagaState, waiting: list[Step]
+) -> Decision:
+    """The stage's commands were sent ``attempt`` times and never answered: a
+    service that dead-letters them would be sent them forever."""
+    actions = ", ".join(s.action for s in waiting)
+    said = f"no answer to {actions} after {state.attempt} attempts"
+    if state.cursor < definition.pivot_index:
+        # The reason a step that fails on its deadline uses, else INVALID_REQUEST:
+        # the checkout could not be processed as sent (a service cannot handle it).
+        failure = Failure(
+            waiting[0].timeout_reason or "INVALID_REQUEST",
+            f"{actions} got no answer after {state.attempt} attempts; "
+            "the checkout could not be processed.",
+        )
+        entry = LogEntry(waiting[0].name, "gave-up", said + "; undoing the checkout")
+        # They may still happen (a redrive): undo them too; a late success is undone again.
+        also = tuple(s.name for s in waiting)
+        return _compensate(definition, config, state, failure, also=also, log=(entry,))
+    # Past the pivot nothing may be undone: the commands go to the dead letters
+    # for an operator (redrive, or `saga retry`) and the saga waits, stuck.
+    effects: tuple[Effect, ...] = (
+        ClearDeadline(), *(DeadLetter(s.name, s.action, said, stage="action") for s in waiting))
+    entries = tuple(LogEntry(s.name, "gave-up", said + "; sent to the dead-letter topic, saga stuck")
+                    for s in waiting)
+    return Decision(replace(state, stuck=True), effects, entries)
 
 
 # ---- compensation ----------------------------------------------------------

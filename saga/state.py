@@ -133,6 +133,8 @@ class DeadLetter:
     step: str
     command: str
     detail: str
+    # "compensation" (retried max times) or "action" (an unanswered forward step past the pivot).
+    stage: str = "compensation"
 
 
 Effect = SendCommand | ScheduleDeadline | ClearDeadline | PublishOutcome | DeadLetter

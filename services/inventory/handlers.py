@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -63,8 +62,7 @@ class InventoryHandlers:
             async with conn.transaction():  # savepoint: all lines or none
                 if not await store.take(conn, lines, into="held", mark_hot=mark_hot):
                     raise _Short()
-                expires = datetime.now(UTC) + timedelta(seconds=cmd.hold_ttl_seconds)
-                await store.add_holds(conn, session, lines, expires)
+                expires = await store.add_holds(conn, session, lines, cmd.hold_ttl_seconds)
         except _Short:
             if hot:  # PostgreSQL said no after Redis said yes: the units go back
                 await self._give_back(session, [line.sku for line in hot])
@@ -76,6 +74,9 @@ class InventoryHandlers:
         return Outcome(ok(cmd, hold_expires_at=expires.isoformat()))
 
     async def release_stock(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
+        """Ends whatever the session holds now; idempotent by state, so it runs
+        again on every delivery (no inbox): a ReleaseStock re-sent because a
+        ReserveStock landed after the first one releases the hold it made."""
         assert isinstance(cmd, ReleaseStock)
         held = await store.end_holds(conn, cmd.checkout_session_id, "RELEASED")
         await store.move_held(conn, held, "available")
@@ -178,7 +179,7 @@ class InventoryHandlers:
     def routes(self) -> Mapping[type[Command], Route]:
         return {
             ReserveStock: Route(self.reserve_stock),
-            ReleaseStock: Route(self.release_stock),
+            ReleaseStock: Route(self.release_stock, dedupe=False),
             CommitStock: Route(self.commit_stock),
             RestockOrder: Route(self.restock_order, reply_topic=ORDERS_REPLIES),
         }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 
@@ -57,21 +57,26 @@ class InventoryLane:
         mark_hot = await self._handlers.rate([line for i in fast for line in lines[i]])
         available = {sku: b["available"] for sku, b in books.items()}
         taken: dict[str, int] = {}
-        holds: list[tuple[str, str, int, datetime]] = []
-        now = datetime.now(UTC)
+        holds: list[tuple[str, str, int, float]] = []
+        held: list[int] = []
         for i in fast:
             cmd, cart = carts[i], lines[i]
             if any(available[line.sku] < line.quantity for line in cart):
                 rejection = out_of_stock(cart, available)
                 outcomes[i] = Outcome(failed(cmd, rejection.reason, rejection.detail, rejection.skus))
                 continue
-            expires = now + timedelta(seconds=cmd.hold_ttl_seconds)
             for line in cart:
                 available[line.sku] -= line.quantity
                 taken[line.sku] = taken.get(line.sku, 0) + line.quantity
-                holds.append((cmd.checkout_session_id, line.sku, line.quantity, expires))
-            outcomes[i] = Outcome(ok(cmd, hold_expires_at=expires.isoformat()))
-        await store.take_and_hold(conn, taken, mark_hot, holds)
+                holds.append((cmd.checkout_session_id, line.sku, line.quantity,
+                              float(cmd.hold_ttl_seconds)))
+            held.append(i)
+        # The holds expire on PostgreSQL's clock: the statement's now() plus their TTL.
+        now = await store.take_and_hold(conn, taken, mark_hot, holds)
+        for i in held:
+            assert now is not None
+            expires = now + timedelta(seconds=carts[i].hold_ttl_seconds)
+            outcomes[i] = Outcome(ok(carts[i], hold_expires_at=expires.isoformat()))
         if mark_hot & taken.keys():
             log.warning("SKU(s) %s crossed %d reservations in %gs: marked hot",
                         sorted(mark_hot & taken.keys()), self._handlers.config.threshold,

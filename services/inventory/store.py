@@ -105,14 +105,16 @@ async def take_and_hold(
     conn: asyncpg.Connection,
     taken: Mapping[str, int],
     mark_hot: set[str],
-    holds: list[tuple[str, str, int, datetime]],
-) -> None:
+    holds: list[tuple[str, str, int, float]],
+) -> datetime | None:
     """Move each SKU's total out of ``available`` into ``held`` (``mark_hot`` SKUs
-    flagged by the same update) and write the holds, in one statement."""
+    flagged by the same update) and write the holds (session, SKU, units, TTL in
+    seconds), in one statement. A hold expires its TTL after PostgreSQL's now(),
+    the clock the sweeper compares it with; returns that now() (None: nothing taken)."""
     if not taken:
-        return
+        return None
     skus = sorted(taken)
-    moved = await conn.fetchval(
+    row = await conn.fetchrow(
         """
         WITH took AS (
             UPDATE inventory.products p SET available = p.available - t.q, held = p.held + t.q,
@@ -121,18 +123,22 @@ async def take_and_hold(
             WHERE p.sku = t.sku AND p.available >= t.q RETURNING 1
         ), held AS (
             INSERT INTO inventory.holds (checkout_session_id, sku, quantity, expires_at)
-            SELECT * FROM unnest($4::text[], $5::text[], $6::int[], $7::timestamptz[])
+            SELECT s, k, q, now() + make_interval(secs => t)
+            FROM unnest($4::text[], $5::text[], $6::int[], $7::float8[]) AS h(s, k, q, t)
             ON CONFLICT (checkout_session_id, sku) DO UPDATE
             SET quantity = EXCLUDED.quantity, status = 'ACTIVE', expires_at = EXCLUDED.expires_at,
                 ended_at = NULL
         )
-        SELECT count(*) FROM took
+        SELECT count(*) AS moved, now() AS now FROM took
         """,
         skus, [taken[s] for s in skus], [s in mark_hot for s in skus],
         *(list(column) for column in zip(*holds, strict=True)),
     )
+    moved = row["moved"]
     if moved != len(skus):  # the rows are locked: only a bug or an operator gets here
         raise TransientError(f"stock moved under a lane ({moved} of {len(skus)} SKUs taken)")
+    now: datetime = row["now"]
+    return now
 
 
 async def sell_held(conn: asyncpg.Connection, sessions: list[str], expected: int) -> None:
@@ -173,15 +179,22 @@ async def active_holds(conn: asyncpg.Connection, sessions: list[str]) -> dict[st
 
 
 async def add_holds(
-    conn: asyncpg.Connection, session_id: str, lines: list[Line], expires_at: datetime
-) -> None:
-    await conn.executemany(
-        "INSERT INTO inventory.holds (checkout_session_id, sku, quantity, expires_at) "
-        "VALUES ($1, $2, $3, $4) ON CONFLICT (checkout_session_id, sku) DO UPDATE "
-        "SET quantity = EXCLUDED.quantity, status = 'ACTIVE', expires_at = EXCLUDED.expires_at, "
-        "ended_at = NULL",
-        [(session_id, line.sku, line.quantity, expires_at) for line in in_sku_order(lines)],
+    conn: asyncpg.Connection, session_id: str, lines: list[Line], ttl_seconds: float
+) -> datetime:
+    """The session's holds, expiring ``ttl_seconds`` after PostgreSQL's now(), the
+    clock the sweeper compares them with; returns that expiry."""
+    ordered = in_sku_order(lines)
+    expires: datetime = await conn.fetchval(
+        "WITH held AS (INSERT INTO inventory.holds (checkout_session_id, sku, quantity, expires_at) "
+        "SELECT $1, s, q, now() + make_interval(secs => $4) "
+        "FROM unnest($2::text[], $3::int[]) AS l(s, q) ON CONFLICT (checkout_session_id, sku) "
+        "DO UPDATE SET quantity = EXCLUDED.quantity, status = 'ACTIVE', "
+        "expires_at = EXCLUDED.expires_at, ended_at = NULL RETURNING expires_at) "
+        "SELECT max(expires_at) FROM held",
+        session_id, [line.sku for line in ordered], [line.quantity for line in ordered],
+        float(ttl_seconds),
     )
+    return expires
 
 
 async def end_holds(conn: asyncpg.Connection, session_id: str, status: str) -> dict[str, int]:

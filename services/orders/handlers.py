@@ -100,8 +100,12 @@ async def confirm_orders(conn: asyncpg.Connection, cmds: list[Command]) -> list[
 
 
 async def cancel_order(conn: asyncpg.Connection, cmd: Command) -> Outcome:
+    """Idempotent by state, so it runs again on every delivery (no inbox): a
+    CancelOrder re-sent because a CreateOrder landed after the first one (a
+    redriven dead letter) cancels the order the first one could not find."""
     assert isinstance(cmd, CancelOrder)
-    order = await store.by_session(conn, cmd.checkout_session_id)
+    # Locked: without the inbox row, two deliveries at once queue here.
+    order = await store.by_session(conn, cmd.checkout_session_id, lock=True)
     if order is None or order["status"] == S.CANCELLED:
         return Outcome(ok(cmd))
     current = OrderStatus(order["status"])
@@ -124,5 +128,6 @@ async def cancel_order(conn: asyncpg.Connection, cmd: Command) -> Outcome:
 ROUTES: Mapping[type[Command], Route] = {
     CreateOrder: Route(create_order, many=create_orders),
     ConfirmOrder: Route(confirm_order, many=confirm_orders),
-    CancelOrder: Route(cancel_order),
+    # A compensation runs again when re-sent (see cancel_order).
+    CancelOrder: Route(cancel_order, dedupe=False),
 }

@@ -52,9 +52,13 @@ async def create(conn: asyncpg.Connection, orders: Sequence[CreateOrder]) -> Non
     )
 
 
-async def by_session(conn: asyncpg.Connection, session_id: str) -> asyncpg.Record | None:
+async def by_session(
+    conn: asyncpg.Connection, session_id: str, lock: bool = False
+) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT * FROM orders.orders WHERE checkout_session_id = $1", session_id
+        "SELECT * FROM orders.orders WHERE checkout_session_id = $1"
+        + (" FOR UPDATE" if lock else ""),
+        session_id,
     )
 
 

@@ -46,7 +46,10 @@ class PromotionHandlers:
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def routes(self) -> Mapping[type[Command], Route]:
-        return {ApplyPromo: Route(self.apply), ReleasePromo: Route(self.release)}
+        # ReleasePromo is idempotent by state (the ledger row's status, the gate's
+        # holder entry) and runs again on every delivery: re-sent because an
+        # ApplyPromo landed after the first one, it gives that use back.
+        return {ApplyPromo: Route(self.apply), ReleasePromo: Route(self.release, dedupe=False)}
 
     async def apply(self, conn: asyncpg.Connection, cmd: Command) -> Outcome:
         assert isinstance(cmd, ApplyPromo)

@@ -26,7 +26,7 @@ def state(order_id: str | None = None, stuck: bool = False) -> str:
 def plant(own: OwnStack) -> dict[str, str]:
     ids = {k: uid(k) for k in ("oversold", "books", "heldsku", "holdsku", "twoorders", "failedpay",
                                "lostsaga", "stucksaga", "noorder", "twiceconfirmed", "promo",
-                               "unhandled", "silent")}
+                               "unhandled", "silent", "twoanswers")}
     ids["charge"] = f"pay:{uid('ghost')}"
     # The books are recomputed, not trusted to the CHECK constraints: drop them.
     own.sql("""DO $$ DECLARE c text; BEGIN
@@ -72,6 +72,9 @@ def plant(own: OwnStack) -> dict[str, str]:
     saga(ids["twiceconfirmed"], "SUCCEEDED", order_id, finished="now()")
     order(ids["twiceconfirmed"], order_id)
     saga(ids["silent"], "FAILED", finished=HOUR_AGO)
+    # A succeeded checkout answered INVALID_REQUEST too (a malformed re-send), under a new id.
+    saga(ids["twoanswers"], "SUCCEEDED", f"ord_{ids['twoanswers']}", finished="now()")
+    order(ids["twoanswers"], f"ord_{ids['twoanswers']}")
     own.sql("INSERT INTO promotions.codes (code, percent_off, max_uses, taken) VALUES ($1, 10, 5, 3)",
             ids["promo"])
     own.sql("INSERT INTO promotions.usages (checkout_session_id, code, discount, status) "
@@ -84,6 +87,15 @@ def plant(own: OwnStack) -> dict[str, str]:
                 "specversion": "1.0", "id": str(uuid.uuid4()), "type": "OrderConfirmed",
                 "source": "urn:test", "subject": ids["twiceconfirmed"],
                 "data": {"order_id": order_id, "checkout_session_id": ids["twiceconfirmed"]},
+            }).encode())
+        for type_, data in (("CheckoutSucceeded", {"order_id": f"ord_{ids['twoanswers']}",
+                                                   "subtotal": 1, "discount": 0, "total": 1,
+                                                   "currency": "USD"}),
+                            ("CheckoutFailed", {"reason": "INVALID_REQUEST", "detail": "bad"})):
+            bus.send("checkout.results", ids["twoanswers"], json.dumps({
+                "specversion": "1.0", "id": str(uuid.uuid4()), "type": type_,
+                "source": "urn:test", "subject": ids["twoanswers"], "time": "2026-12-01T00:00:00Z",
+                "data": {"checkout_session_id": ids["twoanswers"], **data},
             }).encode())
         bus.send("checkout.requested", ids["unhandled"],
                  checkout_event(ids["unhandled"], [("SKU-1", 1, 100)]))
@@ -122,6 +134,11 @@ def test_verify_reports_every_kind_of_planted_breach(own_workdir: Path) -> None:
         assert ids["stucksaga"] in json.dumps(checks["sagas-end"]["breaches"])
         problems = json.dumps(checks["order-confirmed-once"]["breaches"])
         assert "2 OrderConfirmed events with different ids" in problems
+        results = [b for b in checks["results-published"]["breaches"]
+                   if b["checkout_session_id"] == ids["twoanswers"]]
+        assert {b["problem"] for b in results} == {
+            "another result was published too: CheckoutFailed INVALID_REQUEST",
+            "2 results with different ids"}
 
         readable = own.invoke("verify", "--grace", "0", code=1).stdout
         assert "BREACH" in readable and "do NOT hold" in readable

@@ -410,10 +410,11 @@ def test_retry_deadlines_double_up_to_the_cap_but_never_below_the_step_timeout(
 
 
 def test_a_step_retried_for_days_keeps_a_capped_deadline() -> None:
-    # A forward-only step may be retried for as long as a dependency is down.
+    # With a budget of attempts that large, a step is retried for days.
+    config = MachineConfig(max_action_attempts=10**6)
     state = SagaState(SESSION, 1, SagaStatus.RUNNING, cursor=4, attempt=5000,
                       completed=tuple(s.name for s in CHECKOUT_V1.steps[:4]))
-    decision = decide(CHECKOUT_V1, CONFIG, state, DeadlinePassed(state.deadline_token))
+    decision = decide(CHECKOUT_V1, config, state, DeadlinePassed(state.deadline_token))
     assert decision.effects == (
         SendCommand("capture_payment", "CapturePayment", 5001, compensation=False),
         ScheduleDeadline(60.0, decision.state.deadline_token),
@@ -715,7 +716,8 @@ def test_state_json_round_trip_keeps_every_field() -> None:
 
 # ---- property: random interleavings ----------------------------------------------
 
-PROPERTY_CONFIG = MachineConfig(max_compensation_attempts=3)  # so "stuck" is reachable
+# Small budgets, so "stuck" and giving up on an action are reachable.
+PROPERTY_CONFIG = MachineConfig(max_compensation_attempts=3, max_action_attempts=3)
 SCENARIOS = [
     (CHECKOUT_V1, CONTEXT),
     (CHECKOUT_V2, {**CONTEXT, "promo_code": "BF10"}),
@@ -825,8 +827,8 @@ def test_random_replies_and_deadlines_keep_the_saga_sound(data: st.DataObject) -
             ok = data.draw(st.booleans(), label="drain-ok")
         step(Replied(in_flight, ok, failure=None if ok else Failure("OUT_OF_STOCK", "no")))
     assert run.now.status.terminal
+    assert not run.now.stuck
     if run.now.status is SagaStatus.FAILED:
         assert undo is not None and compensations == undo
-        assert not run.now.stuck
     else:
         assert undo is None and compensations == []
