@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from checkout_saga.errors import PermanentError
 from checkout_saga.kafka import OutgoingMessage
 from schemas.envelope import CloudEvent, InvalidEvent, encode_event, make_event, parse_event
+from schemas.limits import header_problem
 
 # Stable ids for events that may be re-sent (a republished result keeps its id).
 _NAMESPACE = uuid.UUID("6f1c2a4e-2b1d-4c59-9a53-5b8f2f3d7e10")
@@ -36,12 +37,26 @@ def event_message(
     return OutgoingMessage(topic, session_id, encode_event(event), dict(headers or {}))
 
 
+def parse_consumed(
+    msg: Message, expected: Mapping[str, type[BaseModel]]
+) -> tuple[CloudEvent, BaseModel]:
+    """A consumed event, its body and then its Kafka headers within the
+    contract's limits; raises InvalidEvent, naming the session where it can
+    be read, for anything else."""
+    event, data = parse_event(msg.value() or b"", expected)
+    problem = header_problem(msg.headers())
+    if problem is not None:
+        session = getattr(data, "checkout_session_id", None) or event.subject
+        raise InvalidEvent(problem, session if isinstance(session, str) else None)
+    return event, data
+
+
 def parse_message(
     msg: Message, expected: Mapping[str, type[BaseModel]]
 ) -> tuple[CloudEvent, BaseModel]:
     """Parse a consumed event; bad input becomes a PermanentError, which the
     consumer loop dead-letters, so the partition moves on."""
     try:
-        return parse_event(msg.value() or b"", expected)
+        return parse_consumed(msg, expected)
     except InvalidEvent as exc:
         raise PermanentError(exc.reason) from exc

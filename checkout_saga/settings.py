@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.limits import MAX_HOLD_TTL_SECONDS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="")
@@ -26,7 +28,7 @@ class Settings(BaseSettings):
     saga_database_url: str | None = None
 
     # Contract timings.
-    checkout_hold_ttl_seconds: float = Field(default=900.0, gt=0)
+    checkout_hold_ttl_seconds: float = Field(default=900.0, gt=0, le=MAX_HOLD_TTL_SECONDS)
     checkout_payment_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Our own knobs; every one has a production-safe default.

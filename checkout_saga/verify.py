@@ -29,8 +29,8 @@ from checkout_saga.db import create_pool
 from checkout_saga.settings import Settings
 from checkout_saga.topic_reader import Record, TopicUnavailable, read_topic
 from checkout_saga.topics import CHECKOUT_REQUESTED, CHECKOUT_RESULTS, ORDERS_CONFIRMED
-from schemas.contract import SESSION_ID_PATTERN, TOPIC_EVENT_TYPES, CheckoutRequested
-from schemas.envelope import InvalidEvent, parse_event
+from schemas.contract import TOPIC_EVENT_TYPES, CheckoutRequested
+from schemas.envelope import InvalidEvent, parse_event, session_from_key
 
 LIVE_CHARGES = ("AUTHORIZED", "CAPTURED")
 
@@ -356,8 +356,7 @@ async def requests_handled(facts: Facts) -> list[dict[str, Any]]:
         try:
             _, data = parse_event(record.value, TOPIC_EVENT_TYPES[CHECKOUT_REQUESTED])
         except InvalidEvent as bad:
-            key = record.key if record.key and SESSION_ID_PATTERN.match(record.key) else None
-            session = bad.session_id or key
+            session = bad.session_id or session_from_key(record.key)
             saga = sagas.get(session) if session else None
             running = saga is not None and saga["status"] not in ("SUCCEEDED", "FAILED")
             if session and session not in answered and not running:

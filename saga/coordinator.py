@@ -27,14 +27,14 @@ from confluent_kafka import Message
 from checkout_saga import metrics, tracing
 from checkout_saga.errors import PermanentError, TransientError, is_transient
 from checkout_saga.kafka import OutgoingMessage
-from checkout_saga.messages import event_message, parse_message
+from checkout_saga.messages import event_message, parse_consumed, parse_message
 from checkout_saga.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql, traced
 from checkout_saga.topics import COMMAND_TOPICS
 from checkout_saga.worker import dead_letter
 from saga.commands import build_command
 from saga.definition import CURRENT, DEFINITIONS, SagaDefinition
 from saga.machine import MachineConfig, decide
-from saga.outcomes import SOURCE, initial_context, invalid_request, result_messages
+from saga.outcomes import SOURCE, initial_context, rejected, result_messages
 from saga.state import (
     ClearDeadline,
     DeadLetter,
@@ -52,7 +52,7 @@ from saga.state import (
     to_json,
 )
 from schemas.contract import CHECKOUT_REQUESTED, TOPIC_EVENT_TYPES, CheckoutRequested, dlq_topic
-from schemas.envelope import InvalidEvent, parse_event
+from schemas.envelope import InvalidEvent, session_from_key
 from schemas.internal import REPLY_TYPE, CommandReply
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,8 @@ class Coordinator:
     # ---- checkout.requested ------------------------------------------------
 
     async def handle_request(self, msg: Message) -> None:
-        raw = msg.value() or b""
         try:
-            event, data = parse_event(raw, TOPIC_EVENT_TYPES[CHECKOUT_REQUESTED])
+            event, data = parse_consumed(msg, TOPIC_EVENT_TYPES[CHECKOUT_REQUESTED])
         except InvalidEvent as exc:
             await self._reject(msg, exc)
             return
@@ -123,15 +122,39 @@ class Coordinator:
         self._relay.publish(written)
 
     async def _reject(self, msg: Message, exc: InvalidEvent) -> None:
-        """Bad input: the raw bytes to the dead-letter topic, and a clear answer
-        to the cart where a session id can be read."""
+        """Bad input: the raw bytes to the dead-letter topic and, where a
+        session id can be read (from the body, else the Kafka key), the
+        session's one result. A session seen for the first time ends here,
+        FAILED INVALID_REQUEST; one that has ended republishes its own result;
+        one still running answers when it ends."""
+        session = exc.session_id or session_from_key(msg.key())
+        log.warning("rejected checkout request at %s[%s]@%s: %s",
+                    msg.topic(), msg.partition(), msg.offset(), exc.reason)
         out = [dead_letter(msg, exc, stage="parse")]
-        if exc.session_id:
-            out.append(invalid_request(exc.session_id, exc.reason))
-        log.warning("rejected checkout request at offset %s: %s", msg.offset(), exc.reason)
         async with self._pool.acquire() as conn, conn.transaction():
+            if session is not None:
+                out += await self._answer_rejected(conn, session, exc.reason)
             written = await enqueue(conn, SCHEMA, out)
         self._relay.publish(written)
+
+    async def _answer_rejected(
+        self, conn: asyncpg.Connection, session: str, reason: str
+    ) -> list[OutgoingMessage]:
+        state = rejected(session, reason)
+        finished_at = await conn.fetchval(
+            "INSERT INTO saga.instances (checkout_session_id, definition_version, status, state, "
+            "finished_at) VALUES ($1, $2, $3, $4::jsonb, now()) ON CONFLICT DO NOTHING "
+            "RETURNING finished_at",
+            session, state.definition_version, state.status.value, json.dumps(to_json(state)),
+        )
+        if finished_at is not None:
+            await self._log(conn, session, [("-", "rejected", state.failure.detail)])  # type: ignore[union-attr]
+            return result_messages(state, finished_at, with_order=False)
+        row = await conn.fetchrow(
+            "SELECT state, finished_at FROM saga.instances WHERE checkout_session_id = $1", session)
+        messages, entry = repeated(from_json(json.loads(row["state"])), row["finished_at"])
+        await self._log(conn, session, [entry])
+        return messages
 
     def _start(self, data: CheckoutRequested, event_id: str) -> Decision:
         # The request's trace is kept with the saga: deadlines continue it.
@@ -417,7 +440,7 @@ def replied(reply: CommandReply) -> Replied:
 def _lane_event(msg: Message) -> tuple[Message, str, Replied | tuple[str, CheckoutRequested]]:
     if msg.topic() == CHECKOUT_REQUESTED:
         try:
-            event, data = parse_event(msg.value() or b"", TOPIC_EVENT_TYPES[CHECKOUT_REQUESTED])
+            event, data = parse_consumed(msg, TOPIC_EVENT_TYPES[CHECKOUT_REQUESTED])
         except InvalidEvent as exc:  # one by one, it is rejected with its answer
             raise PermanentError(exc.reason) from exc
         assert isinstance(data, CheckoutRequested)

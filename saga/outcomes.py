@@ -11,7 +11,8 @@ from typing import Any
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message, stable_id
 from checkout_saga.topics import CHECKOUT_RESULTS, ORDERS_CONFIRMED
-from saga.state import SagaState, SagaStatus
+from saga.definition import CURRENT
+from saga.state import Failure, SagaState, SagaStatus
 from schemas.contract import (
     CheckoutFailed,
     CheckoutRequested,
@@ -23,6 +24,8 @@ from schemas.contract import (
 )
 
 SOURCE = "urn:checkout-saga:coordinator"
+# A rejected request's reason quotes the input; the answer stays short however long that is.
+_INVALID_DETAIL_MAX = 2000
 _ORDER_NS = uuid.UUID("0b9e8f57-5b7c-4f35-8d0e-3c1c0f4a9b21")
 
 
@@ -105,12 +108,14 @@ def order_confirmed(state: SagaState) -> OutgoingMessage:
     )
 
 
-def invalid_request(session_id: str, reason: str) -> OutgoingMessage:
+def rejected(session_id: str, reason: str) -> SagaState:
+    """The ended saga of a request that failed its checks: no step ran, and
+    its one result is CheckoutFailed INVALID_REQUEST, republished (same id)
+    to whatever arrives later for the session."""
     detail = f"The checkout request is invalid: {reason}"
-    return event_message(
-        CHECKOUT_RESULTS, "CheckoutFailed", SOURCE, session_id,
-        CheckoutFailed(
-            checkout_session_id=session_id, reason=FailureReason.INVALID_REQUEST,
-            detail=detail[:2000],
-        ),
+    return SagaState(
+        session_id=session_id, definition_version=CURRENT.version, status=SagaStatus.FAILED,
+        cursor=0, attempt=0,
+        failure=Failure(FailureReason.INVALID_REQUEST.value, detail[:_INVALID_DETAIL_MAX]),
+        context={"invalid_request": True},
     )

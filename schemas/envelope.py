@@ -39,7 +39,8 @@ from schemas.limits import (
     nul_problem,
 )
 
-__all__ = ["CloudEvent", "InvalidEvent", "encode_event", "make_event", "parse_event"]
+__all__ = ["CloudEvent", "InvalidEvent", "encode_event", "make_event", "parse_event",
+           "session_from_key"]
 
 JSON_CONTENT_TYPE: Final = "application/json"
 
@@ -254,6 +255,17 @@ def _salvage_session_id(document: Mapping[str, Any]) -> str | None:
         if isinstance(candidate, str) and SESSION_ID_PATTERN.match(candidate):
             return candidate
     return None
+
+
+def session_from_key(key: bytes | str | None) -> str | None:
+    """The session id a Kafka key names, when the body has none that can be
+    read (the key is the session id by contract)."""
+    if isinstance(key, bytes):
+        try:
+            key = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return key if isinstance(key, str) and SESSION_ID_PATTERN.match(key) else None
 
 
 def _check_subject(event: CloudEvent, data: BaseModel, session_id: str | None) -> None:

@@ -29,7 +29,7 @@ from schemas.contract import (
     SessionId,
     ShippingAddress,
 )
-from schemas.limits import MAX_ITEMS
+from schemas.limits import MAX_HOLD_TTL_SECONDS, MAX_ITEMS
 
 # The same limits as the contract's: a command carries what a valid request
 # (or an order made from one) holds, so a limit here never refuses what the
@@ -48,7 +48,7 @@ class Command(_Message):
 
 class ReserveStock(Command):
     items: Items
-    hold_ttl_seconds: float = Field(gt=0)
+    hold_ttl_seconds: float = Field(gt=0, le=MAX_HOLD_TTL_SECONDS)
 
 
 class ReleaseStock(Command):

@@ -34,6 +34,7 @@ __all__ = [
     "MAX_HEADER_NAME_BYTES",
     "MAX_HEADER_VALUE_BYTES",
     "MAX_ID_CHARS",
+    "MAX_HOLD_TTL_SECONDS",
     "MAX_ITEMS",
     "MAX_NAME_CHARS",
     "MAX_PAYMENT_METHOD_CHARS",
@@ -108,6 +109,9 @@ MAX_QUANTITY: Final = 1_000
 # most JSON readers outside Python can hold exactly.  A discount never exceeds
 # the subtotal and a total never exceeds it either, so they fit too.
 MAX_AMOUNT: Final = 2**63 - 1
+# A soft hold lasts minutes (15 by default); a week is far past any sane
+# setting and far inside what a PostgreSQL interval holds.
+MAX_HOLD_TTL_SECONDS: Final = 7 * 24 * 3600
 
 # --- checks -------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import asyncpg
 
+from checkout_saga.errors import PermanentError
 from checkout_saga.kafka import OutgoingMessage
 from checkout_saga.messages import event_message
 from checkout_saga.service import Outcome, Route, failed, ok
@@ -57,7 +58,11 @@ async def create_order(conn: asyncpg.Connection, cmd: Command) -> Outcome:
 async def create_orders(conn: asyncpg.Connection, cmds: list[Command]) -> list[Outcome]:
     orders = [c for c in cmds if isinstance(c, CreateOrder)]
     assert len(orders) == len(cmds)
-    await store.create(conn, orders)
+    try:
+        await store.create(conn, orders)
+    except asyncpg.UniqueViolationError as exc:
+        # Order ids derive from session ids, so this command is corrupt: refused.
+        raise PermanentError(f"an order id in this command is another session's: {exc}") from exc
     return [Outcome(ok(c, order_id=c.order_id)) for c in orders]
 
 

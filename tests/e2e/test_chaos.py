@@ -53,6 +53,8 @@ def test_chaos_storm_every_saga_ends_and_the_guarantees_hold(own_workdir: Path) 
     figures = {k: v for k, v in report.as_json().items() if k not in ("verify", "wrong")}
     (own_workdir / "chaos-report.json").write_text(json.dumps(report.as_json(), indent=2))
     sys.stderr.write(f"\nchaos figures: {json.dumps(figures)}\n")
+    if failing_checks(report.verify):  # the breaches themselves, for whoever reads a failure
+        sys.stderr.write(json.dumps(failing_checks(report.verify), indent=1) + "\n")
 
     assert report.missing == 0, f"no result for {report.missing_sessions}"
     assert report.wrong == []

@@ -68,6 +68,33 @@ def test_repeat_of_a_finished_session_republishes_its_result(workers, bus: Bus, 
     assert len(bus.events_for("orders.confirmed", sid, 0.5)) == 1  # not re-sent
 
 
+def test_a_malformed_resend_of_a_finished_session_republishes_its_own_result(
+    workers, bus: Bus, env
+) -> None:
+    """Guarantee 5: one result per session. A re-send with quantity 0 after
+    CheckoutSucceeded, and two replays of it, each republish the success under
+    its id; none says INVALID_REQUEST, none mints a new id."""
+    sku = uid("SKU")
+    cli(env, "stock", "set", sku, "--price", "700", "--quantity", "10")
+    sid = uid("cs")
+    bus.send("checkout.requested", sid, checkout_event(sid, [(sku, 1, 700)]))
+    bus.flush()
+    first = bus.result(sid)
+    assert first["type"] == "CheckoutSucceeded"
+    malformed = json.loads(checkout_event(sid, [(sku, 1, 700)]))
+    malformed["data"]["items"][0]["quantity"] = 0
+    for _ in range(3):  # the re-send, then two replays of the same bytes
+        bus.send("checkout.requested", sid, json.dumps(malformed).encode())
+    bus.flush()
+    answers = bus.wait_for("checkout.results", [sid], count=4)[sid]
+    time.sleep(1.0)
+    answers = bus.events_for("checkout.results", sid)
+    assert len(answers) == 4, answers
+    assert all(a["type"] == "CheckoutSucceeded" and a["id"] == first["id"]
+               and a["data"] == first["data"] for a in answers), answers
+    assert cli_json(env, "stock", "show", sku)["sold"] == 1
+
+
 def test_garbage_is_dead_lettered_answered_where_possible_and_the_partition_moves_on(
     workers, bus: Bus, env
 ) -> None:
@@ -85,10 +112,16 @@ def test_garbage_is_dead_lettered_answered_where_possible_and_the_partition_move
     bus.send("checkout.requested", key, checkout_event(after, [(sku, 1, 700)]))
     bus.flush()
 
-    failed = bus.result(readable)
-    assert failed["type"] == "CheckoutFailed"
-    assert failed["data"]["reason"] == "INVALID_REQUEST"
-    assert "unit_price" in failed["data"]["detail"]
+    # The key is the session id by contract, so even the unreadable bytes are
+    # answered; the session's first answer is its one result, and the two
+    # later bad requests republish it under the same id.
+    answers = bus.wait_for("checkout.results", [readable], count=3)[readable]
+    assert len(answers) == 3
+    assert {a["id"] for a in answers} == {answers[0]["id"]}
+    assert all(a["data"] == answers[0]["data"] for a in answers)
+    assert answers[0]["type"] == "CheckoutFailed"
+    assert answers[0]["data"]["reason"] == "INVALID_REQUEST"
+    assert "not valid UTF-8" in answers[0]["data"]["detail"]
     assert bus.result(after)["type"] == "CheckoutSucceeded"
 
     def dlq_entries() -> list[dict]:

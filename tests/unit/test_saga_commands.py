@@ -20,7 +20,7 @@ from saga.machine import MachineConfig, decide
 from saga.outcomes import (
     SOURCE,
     initial_context,
-    invalid_request,
+    rejected,
     order_confirmed,
     order_id_for,
     result_messages,
@@ -326,13 +326,25 @@ def test_a_failure_naming_no_items_has_no_skus_field() -> None:
 
 
 def test_an_invalid_request_answer_is_readable_and_bounded() -> None:
-    msg = invalid_request(SESSION, "items: must not be empty")
+    [msg] = result_messages(rejected(SESSION, "items: must not be empty"), FINISHED, with_order=False)
     event, data = decode(msg, TOPIC_EVENT_TYPES[CHECKOUT_RESULTS])
     assert event.type == "CheckoutFailed" and msg.topic == CHECKOUT_RESULTS
     assert data.reason is FailureReason.INVALID_REQUEST
     assert data.detail == "The checkout request is invalid: items: must not be empty"
-    long = invalid_request(SESSION, "x" * 5000)
+    [long] = result_messages(rejected(SESSION, "x" * 5000), FINISHED, with_order=False)
     assert len(decode(long, TOPIC_EVENT_TYPES[CHECKOUT_RESULTS])[1].detail) == 2000
+
+
+def test_a_rejected_session_answers_under_one_id_whatever_the_reason() -> None:
+    """A malformed re-send of a rejected session republishes the first answer."""
+    first = rejected(SESSION, "items: must not be empty")
+    [again] = result_messages(from_json(json.loads(json.dumps(to_json(first)))), FINISHED,
+                              with_order=False)
+    [msg] = result_messages(first, FINISHED, with_order=False)
+    assert first.status is SagaStatus.FAILED and first.status.terminal
+    assert again.key == msg.key == SESSION
+    assert decode(again, TOPIC_EVENT_TYPES[CHECKOUT_RESULTS])[0].id == decode(
+        msg, TOPIC_EVENT_TYPES[CHECKOUT_RESULTS])[0].id
 
 
 # ---- the machine's decisions, all the way to bytes -----------------------------------
