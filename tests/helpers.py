@@ -123,7 +123,7 @@ class Bus:
                 headers = {k: (v.decode() if v else "") for k, v in (msg.headers() or [])}
                 try:
                     value: Any = json.loads(msg.value())
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):  # hostile bytes
                     value = None
                 self._seen[topic].append({"key": msg.key().decode() if msg.key() else None,
                                           "value": value, "raw": msg.value(), "headers": headers,
