@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import pytest
 from helpers import Bus, checkout_event, cli, cli_json, uid
 from ops_helpers import invoke
 
@@ -87,36 +86,45 @@ UNDONE = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
 def test_a_compensation_resent_after_its_action_landed_late_undoes_it(
-    workers, bus: Bus, env: dict[str, str], name: str
+    workers, bus: Bus, env: dict[str, str]
 ) -> None:
-    case = CASES[name]
-    sku, sid, code = uid("SKU-LATE"), uid("cs-late"), uid("LATE").upper()
-    cli(env, "stock", "set", sku, "--price", "1000", "--quantity", "5")
-    cli(env, "promo", "create", code, "--percent-off", "10", "--max-uses", "5")
-    constraint = f"refuse_{sid.replace('-', '_')}"
-    sql(env, f"ALTER TABLE {case.table} ADD CONSTRAINT {constraint} "
-             f"CHECK (checkout_session_id <> '{sid}') NOT VALID")
+    """The three compensations at once, one checkout each (their waits overlap)."""
+    run = {name: (uid("SKU-LATE"), uid("cs-late"), uid("LATE").upper()) for name in CASES}
+    constraints = {}
+    for name, (sku, sid, code) in run.items():
+        cli(env, "stock", "set", sku, "--price", "1000", "--quantity", "5")
+        cli(env, "promo", "create", code, "--percent-off", "10", "--max-uses", "5")
+        constraints[name] = f"refuse_{sid.replace('-', '_')}"
+        sql(env, f"ALTER TABLE {CASES[name].table} ADD CONSTRAINT {constraints[name]} "
+                 f"CHECK (checkout_session_id <> '{sid}') NOT VALID")
     try:
-        bus.send("checkout.requested", sid, checkout_event(sid, [(sku, 1, 1000)], promo_code=code))
+        for sku, sid, code in run.values():
+            bus.send("checkout.requested", sid,
+                     checkout_event(sid, [(sku, 1, 1000)], promo_code=code))
         bus.flush()
-        assert wait_until(lambda: dead_letters(env, case.topic, sid)), "the action was not refused"
-        cli(env, "saga", "compensate", sid, "--reason", "the table refuses this checkout")
-        result = bus.result(sid)
-        assert (result["type"], result["data"]["reason"]) == ("CheckoutFailed", "CANCELLED")
-        assert wait_until(lambda: [s for s in steps(env, sid) if s["kind"] == "compensated"
-                                   and s["detail"].startswith(case.compensation)])
+        for name, (_, sid, _) in run.items():
+            assert wait_until(lambda: dead_letters(env, CASES[name].topic, sid)), (
+                f"{name}: the action was not refused")
+            cli(env, "saga", "compensate", sid, "--reason", "the table refuses this checkout")
+        for name, (_, sid, _) in run.items():
+            result = bus.result(sid)
+            assert (result["type"], result["data"]["reason"]) == ("CheckoutFailed", "CANCELLED")
+            assert wait_until(lambda: [s for s in steps(env, sid) if s["kind"] == "compensated"
+                                       and s["detail"].startswith(CASES[name].compensation)])
     finally:
-        sql(env, f"ALTER TABLE {case.table} DROP CONSTRAINT IF EXISTS {constraint}")
+        for name, constraint in constraints.items():
+            sql(env, f"ALTER TABLE {CASES[name].table} DROP CONSTRAINT IF EXISTS {constraint}")
 
-    # The fixed table takes the redriven action: it lands after its compensation.
-    invoke(env, "dlq", "redrive", case.topic, "--key", sid)
-    assert wait_until(lambda: [s for s in steps(env, sid) if s["kind"] == "late-reply"]), \
-        "the redriven action never reached the saga"
-    left = wait_until(lambda: (lambda now: now if now == UNDONE[name] else None)(
-        what_is_left(env, name, sid, sku, code)), timeout=20)
-    assert left == UNDONE[name], what_is_left(env, name, sid, sku, code)
-    assert cli_json(env, "saga", "show", sid)["status"] == "FAILED"
-    shown = cli_json(env, "stock", "show", sku)
-    assert (shown["available"], shown["held"], shown["sold"]) == (5, 0, 0), shown
+    # The fixed tables take the redriven actions: each lands after its compensation.
+    for name, (_, sid, _) in run.items():
+        invoke(env, "dlq", "redrive", CASES[name].topic, "--key", sid)
+    for name, (sku, sid, code) in run.items():
+        assert wait_until(lambda: [s for s in steps(env, sid) if s["kind"] == "late-reply"]), \
+            f"{name}: the redriven action never reached the saga"
+        left = wait_until(lambda: (lambda now: now if now == UNDONE[name] else None)(
+            what_is_left(env, name, sid, sku, code)), timeout=20)
+        assert left == UNDONE[name], (name, what_is_left(env, name, sid, sku, code))
+        assert cli_json(env, "saga", "show", sid)["status"] == "FAILED"
+        shown = cli_json(env, "stock", "show", sku)
+        assert (shown["available"], shown["held"], shown["sold"]) == (5, 0, 0), (name, shown)

@@ -353,7 +353,7 @@ async def test_a_lane_failing_mid_transaction_rolls_back_its_claims(services, po
     orders, sids, clash = services["orders"], [uid("cs") for _ in range(3)], uid("ord")
     # Two sessions with one order id: the lane's insert fails after its inbox claim.
     cmds = [create_order(sids[0]), create_order(sids[1], clash), create_order(sids[2], clash)]
-    with pytest.raises(asyncpg.UniqueViolationError):
+    with pytest.raises(PermanentError, match="another session's"):
         await orders.handle_batch([command(c, "orders") for c in cmds])
     await nothing_written(pool, "orders", sids)
     assert await count(pool, "SELECT count(*) FROM orders.orders "
@@ -361,7 +361,7 @@ async def test_a_lane_failing_mid_transaction_rolls_back_its_claims(services, po
     # The fallback: one by one, only the clashing command fails.
     for cmd in cmds[:2]:
         await orders.handle(command(cmd, "orders"))
-    with pytest.raises(asyncpg.UniqueViolationError):
+    with pytest.raises(PermanentError, match="another session's"):  # dead-lettered
         await orders.handle(command(cmds[2], "orders"))
     got = await replies(pool, "orders", sids)
     assert [len(got[s]) for s in sids] == [1, 1, 0]
