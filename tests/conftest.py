@@ -48,6 +48,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Gauges from queries and librdkafka's lag figures, often enough for a test to see.
         CHECKOUT_METRICS_SAMPLE_SECONDS="0.5",
         CHECKOUT_METRICS_LAG_INTERVAL_MS="1000",
+        # Two partitions per topic, not eight: every partition costs the
+        # embedded broker CPU even when idle, and the suite is CPU-bound.
+        CHECKOUT_PARTITIONS="2",
     )
     if "kafka" in servers.started:  # tansu: short sessions keep group joins fast
         env.update(CHECKOUT_KAFKA_SESSION_TIMEOUT_MS="1000", CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS="300")

@@ -92,7 +92,8 @@ def drive(own: OwnStack, cart: Cart, run: str, n: int, rng: random.Random, first
 
 
 def test_replay_from_the_beginning_changes_nothing(own_workdir: Path) -> None:
-    with OwnStack(own_workdir) as own:
+    # Eight partitions (the default), not the suite's two: the replay must cross several.
+    with OwnStack(own_workdir, {"CHECKOUT_PARTITIONS": "8"}) as own:
         assert own.settings is not None
         run = f"rp{random.randrange(10**6)}"
         asyncio.run(seed(own.settings, run))
