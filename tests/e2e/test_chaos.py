@@ -39,7 +39,8 @@ URL_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")
 
 
 def base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in URL_VARS}
+    # Two partitions, as the rest of the suite (conftest.py): one worker per role needs no more.
+    return {**{k: v for k, v in os.environ.items() if k not in URL_VARS}, "CHECKOUT_PARTITIONS": "2"}
 
 
 def failing_checks(verified: dict) -> list[dict]:  # type: ignore[type-arg]

