@@ -150,11 +150,7 @@ class Coordinator:
         if finished_at is not None:
             await self._log(conn, session, [("-", "rejected", state.failure.detail)])  # type: ignore[union-attr]
             return result_messages(state, finished_at, with_order=False)
-        row = await conn.fetchrow(
-            "SELECT state, finished_at FROM saga.instances WHERE checkout_session_id = $1", session)
-        messages, entry = repeated(from_json(json.loads(row["state"])), row["finished_at"])
-        await self._log(conn, session, [entry])
-        return messages
+        return await self._repeated(conn, session)
 
     def _start(self, data: CheckoutRequested, event_id: str) -> Decision:
         # The request's trace is kept with the saga: deadlines continue it.
@@ -162,15 +158,18 @@ class Coordinator:
         return decide(CURRENT, self._config.machine, None, Started(data.checkout_session_id, context))
 
     async def _repeat(self, conn: asyncpg.Connection, session_id: str) -> Written:
+        return await enqueue(conn, SCHEMA, await self._repeated(conn, session_id))
+
+    async def _repeated(self, conn: asyncpg.Connection, session_id: str) -> list[OutgoingMessage]:
+        """What a request for an existing saga gets (see ``repeated``), logged."""
         row = await conn.fetchrow(
             "SELECT state, finished_at FROM saga.instances WHERE checkout_session_id = $1",
             session_id,
         )
         assert row is not None
         messages, entry = repeated(from_json(json.loads(row["state"])), row["finished_at"])
-        written = await enqueue(conn, SCHEMA, messages)
         await self._log(conn, session_id, [entry])
-        return written
+        return messages
 
     # ---- saga.replies and deadlines ---------------------------------------
 

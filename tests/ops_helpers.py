@@ -36,6 +36,17 @@ FAST = {
 URL_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")
 
 
+def sql(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    """One query on its own connection, its rows as dicts."""
+    async def go() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(r) for r in await conn.fetch(query, *args)]
+        finally:
+            await conn.close()
+    return asyncio.run(go())
+
+
 @dataclass
 class OwnStack:
     workdir: Path
@@ -98,13 +109,7 @@ class OwnStack:
         return json.loads(self.invoke(*args, "--json").stdout)
 
     def sql(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        async def go() -> list[dict[str, Any]]:
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                return [dict(r) for r in await conn.fetch(query, *args)]
-            finally:
-                await conn.close()
-        return asyncio.run(go())
+        return sql(self.dsn, query, *args)
 
 
 def invoke(env: dict[str, str], *args: str, code: int | None = 0) -> Result:

@@ -13,15 +13,14 @@ promo use would stay behind (a PENDING order and a promo use lost for good).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
+from conftest import poll_until
 from helpers import Bus, checkout_event, cli, cli_json, uid
 from ops_helpers import invoke
+from ops_helpers import sql as run_sql
 
 
 @dataclass(frozen=True)
@@ -39,22 +38,11 @@ CASES = {
 
 
 def sql(env: dict[str, str], query: str, *args: Any) -> list[dict[str, Any]]:
-    async def go() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(env["DATABASE_URL"])
-        try:
-            return [dict(r) for r in await conn.fetch(query, *args)]
-        finally:
-            await conn.close()
-    return asyncio.run(go())
+    return run_sql(env["DATABASE_URL"], query, *args)
 
 
 def wait_until(check: Any, timeout: float = 40.0) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > end:
-            return value
-        time.sleep(0.2)
+    return poll_until(check, timeout=timeout, interval=0.2)
 
 
 def dead_letters(env: dict[str, str], topic: str, sid: str) -> list[dict[str, Any]]:
