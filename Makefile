@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install kafka clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11+) on PATH"; exit 1; }
@@ -13,12 +13,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Apache Kafka's jars for the embedded broker, fetched once with Maven into a cache folder
+# outside the clone (~/.cache/checkout-saga/kafka-<version>); instant once there. Without
+# Java 17 it says so and the embedded stack falls back to tansu.
+kafka: $(STAMP)
+	$(BIN)/python -m checkout_saga.kafka_broker
 
-demo: $(STAMP)
+install: $(STAMP) kafka
+
+demo: $(STAMP) kafka
 	$(BIN)/checkout-saga demo
 
-test: $(STAMP)
+test: $(STAMP) kafka
 	$(BIN)/python -m pytest -q
 
 clean:

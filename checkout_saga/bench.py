@@ -313,6 +313,7 @@ def start_workers(settings: Settings, count: int, logdir: Path,
         REDIS_URL=settings.redis_url or "",
         CHECKOUT_KAFKA_SESSION_TIMEOUT_MS=str(settings.checkout_kafka_session_timeout_ms),
         CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS=str(settings.checkout_kafka_heartbeat_interval_ms),
+        CHECKOUT_KAFKA_FETCH_WAIT_MAX_MS=str(settings.checkout_kafka_fetch_wait_max_ms),
         CHECKOUT_LOG_LEVEL="WARNING",
         CHECKOUT_PARTITIONS=str(settings.checkout_partitions),
     )

@@ -275,7 +275,8 @@ def run_chaos(workdir: Path, plan: ChaosPlan, base_env: Mapping[str, str],
     watcher: threading.Thread | None = None
     try:
         found = stack.start()
-        urls = settings_env(found.kafka_bootstrap, found.database_url, found.redis_url, True)
+        urls = settings_env(found.kafka_bootstrap, found.database_url, found.redis_url,
+                            stack.client_settings)
         env = {**base_env, **urls, **TIMEOUTS, "CHECKOUT_DATA_DIR": str(workdir / "data")}
         settings = settings_from(urls | TIMEOUTS, checkout_data_dir=workdir / "data")
         asyncio.run(prepare(settings))

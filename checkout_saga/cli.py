@@ -21,6 +21,7 @@ from rich.table import Table
 from checkout_saga import cli_bench, cli_observe, cli_ops, cli_promo, endpoints, logs, tracing
 from checkout_saga.cli_topics import topics_app
 from checkout_saga.db import create_pool, migrate
+from checkout_saga.kafka_broker import KAFKA_VERSION
 from checkout_saga.runtime import DDL, ROLES, Runtime, hard_stop_after
 from checkout_saga.settings import Settings
 from checkout_saga.stack import EmbeddedStack
@@ -102,7 +103,7 @@ def up(
         return
     settings = Settings()
     logs.setup(settings.checkout_log_level, settings.checkout_log_format)  # JSON lines by default
-    stack = EmbeddedStack(settings.checkout_data_dir / "stack")
+    stack = endpoints.embedded_stack(settings, settings.checkout_data_dir / "stack")
     try:
         settings = start_stack(settings, stack)
         run(serve(settings, tuple(role)))
@@ -111,16 +112,21 @@ def up(
         stack.stop()
 
 
+_BROKER_NAMES = {"kafka": f"Apache Kafka {KAFKA_VERSION}", "tansu": "tansu, the fallback"}
+
+
 def start_stack(settings: Settings, stack: EmbeddedStack) -> Settings:
     found = stack.start(
         kafka=settings.kafka_bootstrap_servers,
         database=settings.database_url,
         redis=settings.redis_url,
     )
-    settings = endpoints.with_embedded(settings, found, stack.started)
+    settings = endpoints.with_embedded(settings, found, stack.client_settings)
     if stack.started:
         path = endpoints.write(settings, found)
-        err.print(f"embedded {', '.join(sorted(stack.started))} started; endpoints in {path}")
+        servers = sorted(stack.started - {"kafka"}) + ([f"kafka ({_BROKER_NAMES[stack.broker]})"]
+                                                      if stack.broker else [])
+        err.print(f"embedded {', '.join(servers)} started; endpoints in {path}")
     return settings
 
 

@@ -49,16 +49,17 @@ def end_to_end(
         # since every idle partition costs the broker a share of every fetch.
         settings = settings.model_copy(update={"checkout_partitions": max(counts)})
     if settings.kafka_bootstrap_servers or len(counts) == 1:
-        with endpoints.embedded(settings, "bench-stack") as settings:
+        # A fresh broker: topics made by an earlier bench may have other partition counts.
+        with endpoints.embedded(settings, "bench-stack", fresh_kafka=True) as settings:
             report = run(settings, counts, duration, rate, window, as_json, layout)
     else:
         # The bench's own broker: a fresh stack (and baseline) per worker count.
-        # tansu's produce cost grows with its log, and one generation of
+        # tansu's produce cost grows with its log (on the fallback), and one generation of
         # workers after another on the same groups could leave the next
         # generation's warm-up checkout unanswered (seen with 1,2,4).
         reports = []
         for count in counts:
-            with endpoints.embedded(settings, "bench-stack") as fresh:
+            with endpoints.embedded(settings, "bench-stack", fresh_kafka=True) as fresh:
                 reports.append(run(fresh, [count], duration, rate, window, as_json, layout))
         report = reports[0] | {"runs": [r for each in reports for r in each["runs"]]}
     if as_json:

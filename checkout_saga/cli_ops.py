@@ -381,7 +381,6 @@ def supervise_cmd(
 def run_supervised(per_role: int, roles: list[str] | None) -> None:
     from checkout_saga.cli import start_stack
     from checkout_saga.runtime import ROLES, prepare
-    from checkout_saga.stack import EmbeddedStack
     from checkout_saga.supervisor import Supervisor, settings_env
 
     chosen = list(roles or ROLES)
@@ -391,13 +390,13 @@ def run_supervised(per_role: int, roles: list[str] | None) -> None:
         raise typer.Exit(2)
     settings = Settings()
     _setup_logging(settings)
-    stack = EmbeddedStack(settings.checkout_data_dir / "stack")
+    stack = endpoints.embedded_stack(settings, settings.checkout_data_dir / "stack")
     try:
         settings = start_stack(settings, stack)
         asyncio.run(prepare(settings))
         env = dict(os.environ)
         env.update(settings_env(settings.kafka, settings.database_url or "", settings.redis_url or "",
-                                "kafka" in stack.started))
+                                stack.client_settings))
         supervisor = Supervisor(chosen, per_role, env, settings.checkout_data_dir / "workers")
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,17 +35,23 @@ def remove(settings: Settings) -> None:
     endpoints_file(settings).unlink(missing_ok=True)
 
 
-def with_embedded(settings: Settings, endpoints: Endpoints, started: set[str]) -> Settings:
+def with_embedded(settings: Settings, endpoints: Endpoints,
+                  client_settings: Mapping[str, object]) -> Settings:
+    """Settings that point at the started servers, with what their broker's clients need
+    (``EmbeddedStack.client_settings``: nothing for Apache Kafka, short timeouts for tansu)."""
     update: dict[str, object] = {
         "kafka_bootstrap_servers": endpoints.kafka_bootstrap,
         "database_url": settings.database_url or endpoints.database_url,
         "redis_url": endpoints.redis_url,
+        **client_settings,
     }
-    if "kafka" in started:
-        # The embedded broker is tansu: a short session keeps group joins fast.
-        update |= {"checkout_kafka_session_timeout_ms": 1000,
-                   "checkout_kafka_heartbeat_interval_ms": 300}
     return settings.model_copy(update=update)
+
+
+def embedded_stack(settings: Settings, workdir: Path) -> EmbeddedStack:
+    """The embedded stack of the broker these settings choose."""
+    return EmbeddedStack(workdir, broker=settings.checkout_embedded_broker,
+                         kafka_home=settings.checkout_kafka_home)
 
 
 def resolve(settings: Settings) -> Settings:
@@ -61,13 +67,15 @@ def resolve(settings: Settings) -> Settings:
 
 
 @contextmanager
-def embedded(settings: Settings, name: str) -> Iterator[Settings]:
+def embedded(settings: Settings, name: str, *, fresh_kafka: bool = False) -> Iterator[Settings]:
     """Start the servers whose URL is unset (in ``<data dir>/<name>``) for the
-    length of one command, and yield the settings that point at them."""
-    stack = EmbeddedStack(settings.checkout_data_dir / name)
+    length of one command, and yield the settings that point at them
+    (`fresh_kafka`: an empty broker, whatever an earlier run left)."""
+    stack = embedded_stack(settings, settings.checkout_data_dir / name)
     try:
         found = stack.start(kafka=settings.kafka_bootstrap_servers,
-                            database=settings.database_url, redis=settings.redis_url)
-        yield with_embedded(settings, found, stack.started)
+                            database=settings.database_url, redis=settings.redis_url,
+                            fresh_kafka=fresh_kafka)
+        yield with_embedded(settings, found, stack.client_settings)
     finally:
         stack.stop()

@@ -1,10 +1,12 @@
 """Thin adapters over confluent-kafka: client settings, topic creation and an
 asyncio-friendly producer.
 
-The client settings default to values that suit both Apache Kafka and the
-embedded tansu broker (see docs/architecture.md): a 6 s session timeout keeps
-tansu's group join short (it waits half the session timeout) while staying
-inside Kafka's default minimum.
+The client settings suit Apache Kafka (see docs/architecture.md): fetches
+long-poll (the broker answers as soon as data arrives, so fetch.wait.max.ms
+only bounds an idle fetch), and the classic group protocol with a 6 s session
+(the broker's default minimum) and a 2 s heartbeat. The embedded tansu
+fallback needs other values, which the stack supplies
+(``EmbeddedStack.client_settings``).
 """
 
 from __future__ import annotations
@@ -32,18 +34,25 @@ DEFAULT_MESSAGE_MAX_BYTES: int = Settings.model_fields["checkout_kafka_message_m
 
 
 def consumer_config(settings: Settings, group: str) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka,
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-        "session.timeout.ms": settings.checkout_kafka_session_timeout_ms,
-        "heartbeat.interval.ms": settings.checkout_kafka_heartbeat_interval_ms,
-        "partition.assignment.strategy": "range",
         "fetch.wait.max.ms": settings.checkout_kafka_fetch_wait_max_ms,
         "fetch.min.bytes": settings.checkout_kafka_fetch_min_bytes,
         "enable.partition.eof": False,
     }
+    if settings.checkout_kafka_group_protocol == "consumer":
+        # KIP-848: the broker assigns, and owns the session and heartbeat timings.
+        config["group.protocol"] = "consumer"
+    else:
+        config |= {
+            "session.timeout.ms": settings.checkout_kafka_session_timeout_ms,
+            "heartbeat.interval.ms": settings.checkout_kafka_heartbeat_interval_ms,
+            "partition.assignment.strategy": "range",
+        }
+    return config
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:

