@@ -96,7 +96,8 @@ def drive(settings: Settings, run: Run, duration: float, rate: float | None, win
     producer = Producer({"bootstrap.servers": settings.kafka, "linger.ms": 2, "acks": "all",
                          "enable.idempotence": True})
     consumer = Consumer({"bootstrap.servers": settings.kafka, "group.id": f"bench-{run.run_id}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+                         "enable.auto.commit": False,
+                         "fetch.wait.max.ms": settings.checkout_kafka_fetch_wait_max_ms})
     parts = consumer.list_topics(CHECKOUT_RESULTS, timeout=10).topics[CHECKOUT_RESULTS].partitions
     ends = [consumer.get_watermark_offsets(TopicPartition(CHECKOUT_RESULTS, p), timeout=10)[1]
             for p in parts]
@@ -267,7 +268,8 @@ def baseline_kafka(settings: Settings, round_trips: int = 200) -> dict[str, floa
     ensure_topics(settings, [BASELINE_TOPIC])
     producer = Producer({"bootstrap.servers": settings.kafka, "linger.ms": 0, "acks": "all"})
     consumer = Consumer({"bootstrap.servers": settings.kafka, "group.id": f"bl-{uuid.uuid4().hex[:6]}",
-                         "fetch.wait.max.ms": 10, "enable.auto.commit": False})
+                         "fetch.wait.max.ms": settings.checkout_kafka_fetch_wait_max_ms,
+                         "enable.auto.commit": False})
     parts = consumer.list_topics(BASELINE_TOPIC, timeout=10).topics[BASELINE_TOPIC].partitions
     tps = []
     for p in parts:
@@ -314,6 +316,7 @@ def start_workers(settings: Settings, count: int, logdir: Path,
         CHECKOUT_KAFKA_SESSION_TIMEOUT_MS=str(settings.checkout_kafka_session_timeout_ms),
         CHECKOUT_KAFKA_HEARTBEAT_INTERVAL_MS=str(settings.checkout_kafka_heartbeat_interval_ms),
         CHECKOUT_KAFKA_FETCH_WAIT_MAX_MS=str(settings.checkout_kafka_fetch_wait_max_ms),
+        CHECKOUT_KAFKA_GROUP_PROTOCOL=settings.checkout_kafka_group_protocol,
         CHECKOUT_LOG_LEVEL="WARNING",
         CHECKOUT_PARTITIONS=str(settings.checkout_partitions),
     )
