@@ -4,9 +4,9 @@ Used by ``verify`` (every ``OrderConfirmed`` ever published) and ``dlq``
 (every dead letter). A fresh consumer is *assigned* every partition at offset
 0: no group join, no committed offsets touched.
 
-Where a partition ends: the high watermark is not trusted alone (the embedded
-tansu broker under-reports it when the last batch held several records), so
-reading goes on until every partition has reached its watermark *and*
+Where a partition ends: the high watermark is not trusted alone (tansu, the
+fallback broker, under-reports it when the last batch held several records),
+so reading goes on until every partition has reached its watermark *and*
 nothing new arrived for ``idle`` seconds.
 """
 
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 
 class TopicUnavailable(RuntimeError):
@@ -63,6 +63,24 @@ def partitions_of(consumer: Consumer, topic: str, timeout: float = 10.0) -> list
     return sorted(meta.partitions)
 
 
+# A partition of a topic created a moment ago may have no leader yet (Apache
+# Kafka answers NOT_LEADER_OR_FOLLOWER until its election is done): ask again.
+_NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def _end_offset(consumer: Consumer, partition: TopicPartition, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(partition, timeout=timeout)[1])
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() not in _NO_LEADER_YET or time.monotonic() > deadline:
+                raise TopicUnavailable(f"{partition.topic}[{partition.partition}]: {exc}") from exc
+            time.sleep(0.1)
+
+
 def read_topic(
     bootstrap: str,
     topic: str,
@@ -83,8 +101,7 @@ def read_topic(
     try:
         parts = partitions_of(consumer, topic)
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10.0)[1]
-                for p in parts}
+        ends = {p: _end_offset(consumer, TopicPartition(topic, p)) for p in parts}
         next_offset = {p: 0 for p in parts}
         out: list[Record] = []
         last_seen = time.monotonic()

@@ -72,6 +72,7 @@ def test_repeat_of_a_finished_session_republishes_its_result(workers, bus: Bus, 
     assert both[1]["id"] == first["id"] and both[1]["data"] == first["data"]
     shown = cli_json(env, "stock", "show", sku)
     assert shown["sold"] == 1
+    bus.wait_for("orders.confirmed", [sid])  # a fresh reader may take a moment to catch up
     assert len(bus.events_for("orders.confirmed", sid, 0.5)) == 1  # not re-sent
 
 
