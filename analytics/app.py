@@ -64,6 +64,7 @@ class Analytics:
         # SKUs inventory does not know: not asked again before this time.
         self._unknown_until: dict[str, float] = {}
         self.started_at = time.time()
+        self._changelogs_known = False
         self.app = self._app()
         self._tables()
         self._agent()
@@ -129,11 +130,27 @@ class Analytics:
                 await self.on_event(event)
 
     async def on_event(self, event: EventT[bytes]) -> None:
+        if not self._changelogs_known:
+            await self._learn_changelog_partitions()
         msg = event.message
         fact = stats.parse(msg.topic, msg.value, float(msg.timestamp))
         self.processed += 1
         if fact is not None:
             await _HANDLERS[type(fact)](self, fact)
+
+    async def _learn_changelog_partitions(self) -> None:
+        """Fetch the changelog topics' metadata before the first table write.
+
+        faust's aiokafka producer picks a partitioned table's changelog partition from the
+        metadata it already has, without fetching it (``Producer.key_partition``): a write
+        before that metadata arrives crashes the agent with a TypeError, as seen on Apache
+        Kafka when the first event came right after start. faust has no public way to ask
+        for it, so this goes through the aiokafka producer it wraps.
+        """
+        client = self.app.producer._ensure_producer()
+        for table in self.app.tables.values():
+            await client.partitions_for(table.changelog_topic.get_topic_name())
+        self._changelogs_known = True
 
     # ---- facts -----------------------------------------------------------------
 
