@@ -4,9 +4,13 @@ On a stack of its own (embedded broker, PostgreSQL and Redis, which it
 restarts), it runs N supervised worker processes per role, sends checkouts of
 every kind (two of its SKUs hot, gated in Redis) over ``duration`` seconds
 and meanwhile SIGKILLs random workers at random moments (the supervisor
-restarts them), restarts PostgreSQL and restarts Redis. Then it waits until every checkout has a result and the system
-is quiet, checks each outcome against what its kind allows, and runs
-``verify``. The figures go into a ``ChaosReport``.
+restarts them), restarts PostgreSQL and Redis, and breaks the broker: with
+``brokers=3`` (three Apache Kafka nodes, replication 3, two in sync) it SIGKILLs
+a node and starts it again a few seconds later; with one node it restarts it.
+Then it waits until every checkout has a result and the system is quiet, checks
+each outcome against what its kind allows, and runs ``verify``. The figures go
+into a ``ChaosReport``, with the goodput: the share of the checkouts that
+succeed on a healthy system that did succeed.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ KINDS: dict[str, tuple[int, frozenset[str]]] = {
 # worker (or PostgreSQL) is down: that is the contract's PAYMENT_TIMEOUT.
 _REACH_PAYMENT = {"ok", "multi", "scarce", "flaky", "promo", "duplicate", "declined",
                   "insufficient"}
+# Kinds that always succeed when nothing is broken: the goodput's denominator.
+SHOULD_SUCCEED = frozenset(k for k, (_, allowed) in KINDS.items() if allowed == {"ok"})
+BROKER_DOWN_SECONDS = 3.0  # how long a killed broker node stays down
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,17 @@ class ChaosPlan:
     duration: float = 10.0
     seed: int = 7
     result_timeout: float = 120.0
+    brokers: int = 1  # Apache Kafka nodes of the stack: 1, or 3 (replication 3, 2 in sync)
+    broker_kills: int = 0  # a node of the cluster SIGKILLed, started again BROKER_DOWN_SECONDS on
+    broker_restarts: int = 0  # every broker node stopped and started again
+
+
+def check_plan(plan: ChaosPlan) -> None:
+    """Refuse a plan that cannot run, in one sentence."""
+    if plan.brokers not in (1, 3):
+        raise ValueError(f"brokers must be 1 or 3, not {plan.brokers}")
+    if plan.broker_kills and plan.brokers < 3:
+        raise ValueError("killing a broker needs a cluster that outlives it: use brokers=3")
 
 
 @dataclass
@@ -84,6 +102,9 @@ class ChaosReport:
     restarts: int = 0
     postgres_restarts: int = 0
     redis_restarts: int = 0
+    broker_kills: int = 0
+    broker_restarts: int = 0
+    goodput: float = 0.0  # succeeded / checkouts of the kinds that succeed when nothing breaks
     wrong_outcomes: int = 0
     breaches: int = 0
     seconds: float = 0.0
@@ -202,6 +223,13 @@ def outcome_of(event: Mapping[str, Any]) -> str:
     return "ok" if event["type"] == "CheckoutSucceeded" else str(event["data"]["reason"])
 
 
+def goodput(checkouts: list[Checkout], results: Mapping[str, Mapping[str, Any]]) -> float:
+    """The share of the checkouts that succeed on a healthy system that succeeded."""
+    meant = [c for c in checkouts if c.kind in SHOULD_SUCCEED]
+    won = sum(1 for c in meant if c.session in results and outcome_of(results[c.session]) == "ok")
+    return round(won / len(meant), 4) if meant else 1.0
+
+
 def check_outcomes(checkouts: list[Checkout], results: Mapping[str, Mapping[str, Any]]
                    ) -> list[dict[str, str]]:
     wrong = []
@@ -267,10 +295,12 @@ def run_chaos(workdir: Path, plan: ChaosPlan, base_env: Mapping[str, str],
         if on_progress is not None:
             on_progress(f"{time.monotonic() - started:6.1f}s {message}")
 
+    check_plan(plan)
     rng = random.Random(plan.seed)
     run = uuid.uuid4().hex[:6]
     report = ChaosReport(checkouts=plan.checkouts)
-    stack = EmbeddedStack(workdir / "stack")
+    stack = EmbeddedStack(workdir / "stack", broker="kafka" if plan.brokers > 1 else None,
+                          kafka_nodes=plan.brokers)
     stop = threading.Event()
     watcher: threading.Thread | None = None
     try:
@@ -279,6 +309,7 @@ def run_chaos(workdir: Path, plan: ChaosPlan, base_env: Mapping[str, str],
                             stack.client_settings)
         env = {**base_env, **urls, **TIMEOUTS, "CHECKOUT_DATA_DIR": str(workdir / "data")}
         settings = settings_from(urls | TIMEOUTS, checkout_data_dir=workdir / "data")
+        say(f"stack up: {plan.brokers} Kafka node(s) ({stack.broker})")
         asyncio.run(prepare(settings))
         asyncio.run(seed(settings, run))
         supervisor = Supervisor(ROLES, plan.per_role, env, workdir / "workers")
@@ -305,6 +336,7 @@ def run_chaos(workdir: Path, plan: ChaosPlan, base_env: Mapping[str, str],
         report.missing_sessions = [c.session for c in checkouts if c.session not in results][:20]
         report.outcomes = dict(sorted(Counter(outcome_of(e) for e in results.values()).items()))
         report.wrong = check_outcomes(checkouts, results)
+        report.goodput = goodput(checkouts, results)
         report.wrong_outcomes = len(report.wrong)
         say("waiting for the system to be quiet")
         asyncio.run(wait_quiet(settings, plan.result_timeout))
@@ -350,6 +382,23 @@ def _chaos_events(plan: ChaosPlan, rng: random.Random, supervisor: Supervisor,
         stack.restart_redis()
         report.redis_restarts += 1
 
+    def restart_broker() -> None:
+        stack.restart_kafka()
+        report.broker_restarts += 1
+
+    def broker_kill(node: int) -> list[tuple[float, str, Callable[[], None]]]:
+        def kill_node() -> None:
+            stack.kill_kafka_node(node)
+            report.broker_kills += 1
+
+        down = at()
+        return [(down, f"SIGKILL Kafka node {node}", kill_node),
+                (down + BROKER_DOWN_SECONDS, f"start Kafka node {node} again",
+                 lambda: stack.start_kafka_node(node))]
+
     return ([(at(), "SIGKILL a worker", kill) for _ in range(plan.kills)]
             + [(at(), "restart PostgreSQL", restart_postgres) for _ in range(plan.postgres_restarts)]
-            + [(at(), "restart Redis", restart_redis) for _ in range(plan.redis_restarts)])
+            + [(at(), "restart Redis", restart_redis) for _ in range(plan.redis_restarts)]
+            + [(at(), "restart the broker", restart_broker) for _ in range(plan.broker_restarts)]
+            + [event for _ in range(plan.broker_kills)
+               for event in broker_kill(rng.randint(1, plan.brokers))])

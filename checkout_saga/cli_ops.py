@@ -417,17 +417,30 @@ def chaos_cmd(
     redis_restarts: int = typer.Option(2, "--redis-restarts", min=0),
     duration: float = typer.Option(60.0, "--duration", min=1, help="Seconds the storm lasts."),
     seed: int = typer.Option(7, "--seed"),
+    brokers: int = typer.Option(1, "--brokers", min=1, max=3,
+                                help="Apache Kafka nodes: 1, or 3 (replication 3, 2 in sync)."),
+    broker_kills: int = typer.Option(0, "--broker-kills", min=0,
+                                     help="Cluster nodes SIGKILLed mid-storm (each started again "
+                                          "3 s later); needs --brokers 3."),
+    broker_restarts: int = typer.Option(0, "--broker-restarts", min=0,
+                                        help="Times the broker is stopped and started mid-storm."),
     keep: bool = typer.Option(False, "--keep", help="Keep the work folder (worker logs)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """A storm of checkouts on a stack of its own while workers are killed and servers restarted."""
-    from checkout_saga.chaos import ChaosPlan, run_chaos
+    from checkout_saga.chaos import ChaosPlan, check_plan, run_chaos
 
     settings = Settings()
     _setup_logging(settings.model_copy(update={"checkout_log_level": "ERROR"}))
     plan = ChaosPlan(checkouts=checkouts, kills=kills, per_role=per_role,
                      postgres_restarts=postgres_restarts, redis_restarts=redis_restarts,
-                     duration=duration, seed=seed, result_timeout=max(120.0, duration * 2))
+                     duration=duration, seed=seed, result_timeout=max(120.0, duration * 2),
+                     brokers=brokers, broker_kills=broker_kills, broker_restarts=broker_restarts)
+    try:
+        check_plan(plan)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     settings.checkout_data_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="chaos-", dir=settings.checkout_data_dir))
     base = {k: v for k, v in os.environ.items()
@@ -442,7 +455,8 @@ def chaos_cmd(
     else:
         table = Table("figure", "value", title=f"chaos: {checkouts} checkouts in {report.seconds}s")
         for name in ("checkouts", "results", "missing", "kills", "restarts", "postgres_restarts",
-                     "redis_restarts", "wrong_outcomes", "breaches"):
+                     "redis_restarts", "broker_kills", "broker_restarts", "goodput",
+                     "wrong_outcomes", "breaches"):
             table.add_row(name, str(getattr(report, name)))
         for outcome, count in report.outcomes.items():
             table.add_row(f"outcome {outcome}", str(count))

@@ -135,10 +135,13 @@ class KafkaInstall:
                 f"-Dlog4j2.configurationFile={_FILES / 'log4j2.properties'}",
                 "-cp", self.classpath, main, *args]
 
-    def format_storage(self, config: Path, log: Path, *, dump_archive: Path | None = None) -> None:
-        """Write meta.properties and the bootstrap metadata into the log folder of `config`."""
+    def format_storage(self, config: Path, log: Path, *, cluster_id: str | None = None,
+                       dump_archive: Path | None = None) -> None:
+        """Write meta.properties and the bootstrap metadata into the log folder of `config`
+        (every node of one cluster is formatted with the same `cluster_id`)."""
         argv = self.argv(STORAGE_MAIN, "format", "--ignore-formatted", "--cluster-id",
-                         new_cluster_id(), "--config", str(config), dump_archive=dump_archive)
+                         cluster_id or new_cluster_id(), "--config", str(config),
+                         dump_archive=dump_archive)
         with log.open("ab") as out:
             code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out,
                                   stderr=subprocess.STDOUT, timeout=120, check=False).returncode
@@ -156,34 +159,51 @@ def new_cluster_id() -> str:
             return found
 
 
-def server_properties(log_dir: Path, port: int, controller_port: int) -> str:
+def server_properties(log_dir: Path, port: int, controller_port: int, *, node_id: int = 1,
+                      voters: Mapping[int, int] | None = None) -> str:
     """One node that is broker and controller on loopback, with settings for tests and demos.
 
-    The quorum is static (``controller.quorum.voters``), so nothing about the controller's port
-    is kept in the log: a restart on other ports finds its data and elects itself at once.
+    `voters` maps every node id of the cluster to its controller port (None: this node alone).
+    The quorum is static (``controller.quorum.voters``), so nothing about the controllers'
+    ports is kept in the log: a restart on other ports finds its data and elects at once.
+    With three nodes or more, internal topics get three replicas and two in sync, as deploy/
+    runs them; with one node, one.
     """
+    voters = dict(voters) if voters else {node_id: controller_port}
+    replicas = "3" if len(voters) >= 3 else "1"
+    min_isr = "2" if len(voters) >= 3 else "1"
+    cluster = {
+        # A killed node is fenced, and its partitions get new leaders, after 3 s rather than
+        # the default 9 s: on one machine, heartbeats are never late for network reasons.
+        "broker.session.timeout.ms": "3000",
+        "broker.heartbeat.interval.ms": "1000",
+    } if len(voters) > 1 else {}
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": ",".join(
+            f"{node}@127.0.0.1:{cport}" for node, cport in sorted(voters.items())),
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(log_dir),
-        # One node: every internal topic has one replica, and a few partitions only (each one
-        # costs files, start-up and fetch work; the defaults are 50).
-        "offsets.topic.replication.factor": "1",
+        # Internal topics: a few partitions only (each one costs files, start-up and fetch
+        # work; the defaults are 50).
+        "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": "4",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
         "share.coordinator.state.topic.num.partitions": "1",
-        # The project creates its topics with their partition counts (`topics create`).
+        # The project creates its topics with their partitions and replicas (`topics create`);
+        # these are only for topics others create (faust's changelogs).
         "num.partitions": "1",
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
         # A group's first member does not wait 3 s for others; short sessions are allowed.
         "group.initial.rebalance.delay.ms": "0",
         "group.min.session.timeout.ms": "500",
@@ -194,6 +214,7 @@ def server_properties(log_dir: Path, port: int, controller_port: int) -> str:
         # Two cores: fewer request threads than the defaults (3 network, 8 I/O).
         "num.network.threads": "2",
         "num.io.threads": "4",
+        **cluster,
     }
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 

@@ -166,12 +166,17 @@ class EmbeddedStack:
 
     `broker` is "kafka" or "tansu"; None reads CHECKOUT_EMBEDDED_BROKER, else takes Apache
     Kafka where Java 17+ is found.  `kafka_home` (None: CHECKOUT_KAFKA_HOME, else a cache
-    folder) is where Kafka's jars are kept.
+    folder) is where Kafka's jars are kept.  `kafka_nodes` above 1 starts a cluster of that
+    many Apache Kafka nodes (each broker and controller) for fault tests; with three or more,
+    topics get three replicas and two in sync, as deploy/ runs them.
     """
 
     def __init__(self, workdir: Path, *, broker: str | None = None,
-                 kafka_home: Path | None = None) -> None:
+                 kafka_home: Path | None = None, kafka_nodes: int = 1) -> None:
+        if kafka_nodes < 1:
+            raise ValueError(f"kafka_nodes must be 1 or more, not {kafka_nodes}")
         self.workdir = Path(workdir).resolve()  # the servers run with another cwd
+        self.kafka_nodes = kafka_nodes
         self.started: set[str] = set()
         self.start_seconds: dict[str, float] = {}
         self.broker: str | None = None  # the embedded broker's kind, once started
@@ -182,8 +187,13 @@ class EmbeddedStack:
 
     @property
     def client_settings(self) -> dict[str, object]:
-        """Settings (field -> value) the clients of the embedded broker need; none for Kafka."""
-        return dict(TANSU_CLIENT_SETTINGS) if self.broker == "tansu" else {}
+        """Settings (field -> value) the clients of the embedded broker need: none for one
+        Kafka node, the replication of a cluster, tansu's short timeouts."""
+        if self.broker == "tansu":
+            return dict(TANSU_CLIENT_SETTINGS)
+        if self.kafka_nodes >= 3:
+            return {"checkout_replication_factor": 3, "checkout_min_insync_replicas": 2}
+        return {}
 
     def __enter__(self) -> Self:
         return self
@@ -204,7 +214,7 @@ class EmbeddedStack:
             if kafka is None:
                 if fresh_kafka:
                     shutil.rmtree(self.workdir / "kafka", ignore_errors=True)
-                kafka = f"127.0.0.1:{self._start_broker()}"
+                kafka = self._start_broker()
             if database is None:
                 port = self._start_with_port("database", self._postgres)
                 database = f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -217,7 +227,11 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Stop every server this stack started, newest first; safe to call again."""
-        for server in reversed(list(self._servers.values())):
+        # A cluster's nodes stop together: stopped one by one, the last ones lose their quorum
+        # and their controlled shutdown waits for it until killed.
+        servers = list(self._servers.values())
+        self._halt_all([s for s in servers if s.name.split("-")[0] == "kafka"][::-1])
+        for server in reversed(servers):
             self._halt(server)
         self._servers.clear()
         self.started.clear()
@@ -227,9 +241,30 @@ class EmbeddedStack:
             self._tmp_socket_dir = None
 
     def restart_kafka(self) -> None:
-        """Stop (SIGTERM: a controlled shutdown) and restart the broker on the same port.
-        Apache Kafka keeps its data; tansu keeps nothing (memory only)."""
-        self._restart("kafka")
+        """Stop (SIGTERM: a controlled shutdown) and restart the broker on the same port; a
+        cluster, every node at once.  Apache Kafka keeps its data; tansu keeps nothing."""
+        nodes = self._kafka_servers()
+        self._halt_all(nodes)
+        self._launch_all(nodes)
+
+    def kill_kafka_node(self, node_id: int) -> None:
+        """SIGKILL one node of the cluster (no controlled shutdown, as a crashed machine)."""
+        server = self._servers.get(f"kafka-{node_id}")
+        if server is None:
+            raise RuntimeError(f"kafka node {node_id} is not part of this stack's cluster")
+        proc, server.proc = server.proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def start_kafka_node(self, node_id: int) -> None:
+        """Start a node of the cluster again, on its ports and with its data."""
+        server = self._servers.get(f"kafka-{node_id}")
+        if server is None:
+            raise RuntimeError(f"kafka node {node_id} is not part of this stack's cluster")
+        if server.proc is not None and server.proc.poll() is None:
+            return
+        self._launch(server)
 
     def restart_redis(self) -> None:
         """Stop and start the embedded Redis on the same port: its data is lost."""
@@ -241,10 +276,14 @@ class EmbeddedStack:
 
     # ---- one server -------------------------------------------------------------------------
 
-    def _start_broker(self) -> int:
+    def _start_broker(self) -> str:
+        """Start the broker (or the cluster); its bootstrap list."""
         kind, java = choose_broker(self._wanted_broker, os.environ)
+        if kind == "tansu" and self.kafka_nodes > 1:
+            raise StackError("a cluster of several brokers needs Apache Kafka (Java 17+); "
+                             "tansu runs one node only")
         if kind == "tansu":
-            port = self._start_with_port("kafka", self._tansu)
+            bootstrap = f"127.0.0.1:{self._start_with_port('kafka', self._tansu)}"
         else:
             assert java is not None
             home = self._kafka_home or kafka_broker.kafka_home(os.environ)
@@ -252,9 +291,30 @@ class EmbeddedStack:
                 install = kafka_broker.install(home, java)
             except kafka_broker.KafkaSetupError as exc:
                 raise StackError(str(exc)) from exc
-            port = self._start_with_port("kafka", lambda offered: self._kafka(install, offered))
+            if self.kafka_nodes == 1:
+                port = self._start_with_port("kafka", lambda offered: self._kafka(install, offered))
+                bootstrap = f"127.0.0.1:{port}"
+            else:
+                bootstrap = self._start_cluster(install)
         self.broker = kind
-        return port
+        return bootstrap
+
+    def _start_cluster(self, install: kafka_broker.KafkaInstall) -> str:
+        """`kafka_nodes` nodes on loopback, all started before any is asked: none answers
+        until a majority of the controllers has elected a leader."""
+        t0 = time.monotonic()
+        nodes = self._kafka_cluster(install)
+        self._launch_all(nodes)
+        self.started.add("kafka")
+        self.start_seconds["kafka"] = time.monotonic() - t0
+        _log.info("kafka cluster of %d ready in %.2fs", len(nodes), self.start_seconds["kafka"])
+        return ",".join(f"127.0.0.1:{server.port}" for server in nodes)
+
+    def _kafka_servers(self) -> list[_Server]:
+        nodes = [s for name, s in self._servers.items() if name.split("-")[0] == "kafka"]
+        if not nodes:
+            raise RuntimeError("kafka was not started by this stack")
+        return nodes
 
     def _start_with_port(self, name: str, make: Callable[[int], _Server]) -> int:
         t0 = time.monotonic()
@@ -273,10 +333,24 @@ class EmbeddedStack:
         return server.port
 
     def _launch(self, server: _Server) -> None:
+        self._await(server, self._spawn(server))
+
+    def _launch_all(self, servers: list[_Server]) -> None:
+        """Start every one of `servers`, then wait until each answers."""
+        spawned = [(server, self._spawn(server)) for server in servers]
+        for server, since in spawned:
+            self._await(server, since)
+
+    def _spawn(self, server: _Server) -> int:
+        """Start `server`'s process; the size its log had before, to show what it wrote."""
         self._servers[server.name] = server
         since = server.log.stat().st_size if server.log.exists() else 0
         server.proc = spawn(server.argv, server.log, death_signal=server.stop_signal,
                             user=server.user, env=server.env, cwd=server.cwd)
+        return since
+
+    def _await(self, server: _Server, since: int) -> None:
+        assert server.proc is not None
         probe, timeout = self._probe(server)
         deadline, last_error = time.monotonic() + timeout, "none"
         while True:
@@ -300,7 +374,7 @@ class EmbeddedStack:
 
     def _probe(self, server: _Server) -> tuple[Callable[[], bool], float]:
         port = server.port
-        if server.name == "kafka":
+        if server.name.split("-")[0] == "kafka":
             answers = kafka_broker.answers if self._is_apache(server) else _tansu_answers
             return (lambda: tcp_open(port) and answers(f"127.0.0.1:{port}")), 60.0
         if server.name == "database":
@@ -313,16 +387,25 @@ class EmbeddedStack:
         return kafka_broker.BROKER_MAIN in server.argv
 
     def _halt(self, server: _Server) -> None:
-        proc, server.proc = server.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(server.stop_signal)
-        try:
-            proc.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _log.warning("%s did not stop within %.0fs; killing it", server.name, _STOP_TIMEOUT)
-            os.killpg(proc.pid, signal.SIGKILL)  # its process group: PostgreSQL backends too
-            proc.wait()
+        self._halt_all([server])
+
+    def _halt_all(self, servers: list[_Server]) -> None:
+        """Signal every one of `servers` to stop, then wait for them together; kill what is
+        still running after _STOP_TIMEOUT."""
+        running = []
+        for server in servers:
+            proc, server.proc = server.proc, None
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(server.stop_signal)
+                running.append((server, proc))
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        for server, proc in running:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _log.warning("%s did not stop within %.0fs; killing it", server.name, _STOP_TIMEOUT)
+                os.killpg(proc.pid, signal.SIGKILL)  # its process group: PostgreSQL backends too
+                proc.wait()
 
     def _restart(self, name: str) -> None:
         server = self._servers.get(name)
@@ -349,6 +432,39 @@ class EmbeddedStack:
                 raise StackError(str(exc)) from exc
         return _Server("kafka", install.argv(kafka_broker.BROKER_MAIN, str(config)), port, log,
                        signal.SIGTERM, cwd=folder)
+
+    def _kafka_cluster(self, install: kafka_broker.KafkaInstall) -> list[_Server]:
+        """The nodes of a cluster, in <workdir>/kafka/node-N, formatted with one cluster id on
+        first start; the ports of the last run are taken again when they are all free."""
+        folder = self.workdir / "kafka"
+        folder.mkdir(exist_ok=True)
+        ids = range(1, self.kafka_nodes + 1)
+        configs = {n: folder / f"node-{n}" / "server.properties" for n in ids}
+        previous = {n: _previous_ports(configs[n]) for n in ids}
+        ports: dict[int, tuple[int, int]] = (
+            {n: p for n, p in previous.items() if p is not None}
+            if all(previous.values()) else {n: (free_port(), free_port()) for n in ids})
+        voters = {n: controller for n, (_, controller) in ports.items()}
+        cluster_file = folder / "cluster.id"
+        if not cluster_file.exists():
+            cluster_file.write_text(kafka_broker.new_cluster_id())
+        cluster_id = cluster_file.read_text().strip()
+        servers = []
+        for n in ids:
+            config = configs[n]
+            config.parent.mkdir(exist_ok=True)
+            data = config.parent / "data"
+            config.write_text(kafka_broker.server_properties(
+                data, ports[n][0], ports[n][1], node_id=n, voters=voters))
+            log = self.workdir / f"kafka-{n}.log"
+            if not (data / "meta.properties").exists():
+                try:
+                    install.format_storage(config, log, cluster_id=cluster_id)
+                except kafka_broker.KafkaSetupError as exc:
+                    raise StackError(str(exc)) from exc
+            servers.append(_Server(f"kafka-{n}", install.argv(kafka_broker.BROKER_MAIN, str(config)),
+                                   ports[n][0], log, signal.SIGTERM, cwd=config.parent))
+        return servers
 
     def _tansu(self, port: int) -> _Server:
         url = f"tcp://127.0.0.1:{port}"

@@ -4,9 +4,11 @@ environment) and one `checkout-saga up` worker process for the e2e tests."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,8 +33,18 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("stack")
+def stack() -> Iterator[Stack]:
+    # Outside pytest's temp tree: a second pytest run on the machine deletes all but the
+    # newest three trees, and with them this run's PostgreSQL data folder (seen: a run on
+    # the side killed the suite's PostgreSQL mid-run).
+    workdir = Path(tempfile.mkdtemp(prefix="checkout-saga-session-"))
+    try:
+        yield from _session_stack(workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _session_stack(workdir: Path) -> Iterator[Stack]:
     kafka, database, redis = endpoints_from_env(os.environ)
     servers = EmbeddedStack(workdir / "servers")
     found = servers.start(kafka=kafka, database=database, redis=redis)
@@ -173,9 +185,6 @@ def own_workdir() -> Iterator[Path]:
     """A folder for a stack of the test's own, outside pytest's temp tree: pytest
     resets that tree's root to 0700 whenever a pytest run starts, which would lock
     the embedded PostgreSQL (another user) out of its data folder mid-test."""
-    import shutil
-    import tempfile
-
     path = Path(tempfile.mkdtemp(prefix="checkout-saga-own-"))
     try:
         yield path

@@ -68,3 +68,20 @@ def test_java_17_or_newer_is_found_first_in_java_home_then_on_path(tmp_path: Pat
     assert found is not None and found.major == 21  # JAVA_HOME's is too old: PATH's is taken
     assert find_java({"JAVA_HOME": str(tmp_path / "jdk11"), "PATH": str(old.parent)}) is None
     assert find_java({"PATH": str(tmp_path)}) is None
+
+
+def test_a_node_of_three_knows_every_voter_and_replicates_as_deploy_does(tmp_path: Path) -> None:
+    voters = {1: 9101, 2: 9102, 3: 9103}
+    config = properties(server_properties(tmp_path, 9002, 9102, node_id=2, voters=voters))
+    assert config["node.id"] == "2"
+    assert config["controller.quorum.voters"] == (
+        "1@127.0.0.1:9101,2@127.0.0.1:9102,3@127.0.0.1:9103")
+    assert config["listeners"] == "PLAINTEXT://127.0.0.1:9002,CONTROLLER://127.0.0.1:9102"
+    for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                "default.replication.factor"):
+        assert config[key] == "3", key
+    assert config["min.insync.replicas"] == config["transaction.state.log.min.isr"] == "2"
+    # A killed node is fenced within seconds, not the default 9.
+    assert int(config["broker.session.timeout.ms"]) <= 3000
+    alone = properties(server_properties(tmp_path, 1, 2))
+    assert "broker.session.timeout.ms" not in alone and alone["min.insync.replicas"] == "1"
