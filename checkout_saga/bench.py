@@ -137,9 +137,9 @@ def drive(settings: Settings, run: Run, duration: float, rate: float | None, win
     i = 0
     while time.perf_counter() - started < duration:
         if rate is not None:
-            due = started + i / rate
-            if due > time.perf_counter():
-                time.sleep(min(0.01, due - time.perf_counter()))
+            ahead = started + i / rate - time.perf_counter()
+            if ahead > 0:  # one reading of the clock: a second one may already be past `due`
+                time.sleep(min(0.01, ahead))
                 continue
         elif i - run.done >= window:
             time.sleep(0.002)

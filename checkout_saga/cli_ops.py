@@ -36,6 +36,11 @@ JSON_OPT = typer.Option(False, "--json", help="Print JSON for scripts.")
 dlq_app = typer.Typer(help="Dead letters: list them, put them back.", no_args_is_help=True)
 
 
+def _topic_idle(settings: Settings) -> float:
+    """Quiet time a topic read waits once at its watermarks: only where they are not exact."""
+    return 0.0 if settings.checkout_kafka_exact_watermarks else 0.5
+
+
 def _default_operator() -> str:
     try:
         return getpass.getuser()
@@ -191,7 +196,7 @@ def dlq_list(
     settings = _settings(need_kafka=True)
     try:
         letters = _run(_with_ops_pool(
-            settings, lambda pool: list_dead_letters(pool, settings.kafka, topic)))
+            settings, lambda pool: list_dead_letters(pool, settings.kafka, topic, idle=_topic_idle(settings))))
     except TopicUnavailable as exc:
         err.print(f"[red]dlq: {exc}[/red]")
         raise typer.Exit(2)
@@ -231,7 +236,7 @@ def dlq_redrive(
     settings = _settings(need_kafka=True)
 
     async def go(pool: Any) -> Any:
-        letters = await list_dead_letters(pool, settings.kafka, topic)
+        letters = await list_dead_letters(pool, settings.kafka, topic, idle=_topic_idle(settings))
         producer = AsyncProducer(producer_config(settings))
         try:
             return await redrive(pool, producer, letters, operator=operator or _default_operator(),

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # "consumer" is the group protocol of KIP-848 (Kafka 4): the broker assigns partitions,
     # incrementally, and sets the session and heartbeat timings itself.
     checkout_kafka_group_protocol: Literal["classic", "consumer"] = "classic"
+    # Apache Kafka's high watermarks are exact, so a topic is read to its end at once; tansu
+    # (the fallback) under-reports them, and readers wait for the topic to be idle too.
+    checkout_kafka_exact_watermarks: bool = True
     checkout_kafka_fetch_min_bytes: int = Field(default=1, ge=1)
     checkout_kafka_linger_ms: float = Field(default=2, ge=0)
     # The producer's message.max.bytes (librdkafka's default): every dead

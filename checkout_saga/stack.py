@@ -59,13 +59,14 @@ _TANSU_ENV = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_
 _STOP_TIMEOUT = 10.0
 BROKERS = ("kafka", "tansu")
 # Client settings the tansu fallback needs (stack-notes.md): its group join waits half the
-# session timeout, its fetches are never woken by new data (so they must be short), and it
-# hangs on the consumer group protocol of KIP-848.  Apache Kafka needs none of them.
+# session timeout, its fetches are never woken by new data (so they must be short), it
+# hangs on the consumer group protocol of KIP-848, and its high watermarks run short.  Apache Kafka needs none of them.
 TANSU_CLIENT_SETTINGS: dict[str, object] = {
     "checkout_kafka_session_timeout_ms": 1000,
     "checkout_kafka_heartbeat_interval_ms": 300,
     "checkout_kafka_fetch_wait_max_ms": 10,
     "checkout_kafka_group_protocol": "classic",
+    "checkout_kafka_exact_watermarks": False,
 }
 
 

@@ -4,10 +4,11 @@ Used by ``verify`` (every ``OrderConfirmed`` ever published) and ``dlq``
 (every dead letter). A fresh consumer is *assigned* every partition at offset
 0: no group join, no committed offsets touched.
 
-Where a partition ends: the high watermark is not trusted alone (tansu, the
-fallback broker, under-reports it when the last batch held several records),
-so reading goes on until every partition has reached its watermark *and*
-nothing new arrived for ``idle`` seconds.
+Where a partition ends: at its high watermark when the read began. On tansu,
+the fallback broker, the watermark runs short when the last batch held several
+records, so there callers pass ``idle``: reading goes on until nothing new
+arrived for that many seconds too (0 on Apache Kafka: ``Settings.
+checkout_kafka_exact_watermarks``).
 """
 
 from __future__ import annotations

@@ -139,7 +139,13 @@ class Facts:
         if not self.options.read_topics:
             raise Skip("topics not read (--skip-topics)")
         return await self.once(f"topic:{topic}", lambda: asyncio.to_thread(  # type: ignore[no-any-return]
-            read_topic, self.settings.kafka, topic, idle=self.options.topic_idle))
+            read_topic, self.settings.kafka, topic, idle=self.topic_idle))
+
+    @property
+    def topic_idle(self) -> float:
+        """How long a topic must stay quiet once its watermarks are reached: only where they
+        are not exact (tansu)."""
+        return 0.0 if self.settings.checkout_kafka_exact_watermarks else self.options.topic_idle
 
     def old_enough(self, record: Record) -> bool:
         """Written more than ``grace`` seconds ago (its effects are due by now)."""
