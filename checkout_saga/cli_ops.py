@@ -26,12 +26,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from checkout_saga import endpoints
+from checkout_saga import cli_console, endpoints
 from checkout_saga.settings import Settings
 
 T = TypeVar("T")
 console = Console()
-err = Console(stderr=True)
+err = cli_console.err
 JSON_OPT = typer.Option(False, "--json", help="Print JSON for scripts.")
 dlq_app = typer.Typer(help="Dead letters: list them, put them back.", no_args_is_help=True)
 

@@ -13,12 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from checkout_saga import cli_console
 from services.promotions import store
 from services.promotions.rules import Promo, definition_errors, normalize_code
 
 app = typer.Typer(help="Promo codes: create them, see their uses.", no_args_is_help=True)
 _console = Console()
-_err = Console(stderr=True)
+_err = cli_console.err
 SCHEMA = "promotions"
 
 

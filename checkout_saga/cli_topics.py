@@ -17,14 +17,14 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.table import Table
 
-from checkout_saga import endpoints
+from checkout_saga import cli_console, endpoints
 from checkout_saga.settings import Settings
 from checkout_saga.topic_admin import CreateReport, TopicSpec, create_topics, plan_topics
 
 topics_app = typer.Typer(help="Kafka topics: create them with their partitions.",
                          no_args_is_help=True)
 _console = Console()
-_err = Console(stderr=True)
+_err = cli_console.err
 
 
 @topics_app.command("create")
