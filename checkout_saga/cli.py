@@ -259,8 +259,39 @@ def show_stock(row: Any, as_json: bool) -> None:
     table = Table(title=f"stock {row['sku']}")
     for key in row:
         table.add_column(key)
-    table.add_row(*(str(v) for v in row.values()))
+    table.add_row(*(cell(v) for v in row.values()))
     console.print(table)
+
+
+def cell(value: Any) -> str:
+    """A table cell for an operator: yes/no, and "-" for nothing (not False/None)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else str(value)
+
+
+@stock_app.command("list")
+def stock_list(
+    after: str | None = typer.Option(None, "--after", metavar="SKU",
+                                     help="Start after this SKU (the next page)."),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000, help="SKUs per page."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Products in SKU order, a page at a time: price and stock (from PostgreSQL)."""
+    settings = settings_for_command()
+    rows = run(with_pool(settings, "inventory",
+                         lambda conn: inventory_store.page(conn, after, limit)))
+    following = str(rows[-1]["sku"]) if len(rows) == limit else None
+    if as_json:
+        print_json({"skus": rows, "next_after": following})
+        return
+    table = Table("sku", "price", "available", "held", "sold", "hot",
+                  title=f"{len(rows)} SKU(s)" + (f" after {after}" if after else ""))
+    for r in rows:
+        table.add_row(*(cell(r[k]) for k in ("sku", "price", "available", "held", "sold", "hot")))
+    console.print(table)
+    if following:
+        console.print(f"next page: checkout-saga stock list --after {following}", soft_wrap=True)
 
 
 # ---- saga / order -----------------------------------------------------------------
