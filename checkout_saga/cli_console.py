@@ -16,12 +16,14 @@ declared once in ``checkout_saga.cli_params``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console
+from rich.table import Table
 from typer._click import Command, Context
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from typer.core import TyperArgument, TyperGroup
@@ -78,6 +80,18 @@ class OperatorConsole(TyperGroup):
             sys.exit(1)
         # Without standalone mode Click returns typer.Exit's code instead of exiting.
         sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
+def names_table(*headers: str, names: Iterable[str], title: str | None = None) -> Table:
+    """A table whose first column holds names an operator copies (topics,
+    SKUs): never cut at any width; the other columns fold instead."""
+    widest = max((len(n) for n in names), default=0)
+    # No vertical rules, padding shared between columns: room for the names.
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    table.add_column(headers[0], no_wrap=True, min_width=max(widest, len(headers[0])))
+    for header in headers[1:]:
+        table.add_column(header, overflow="fold")
+    return table
 
 
 def _one_line(message: str) -> None:
