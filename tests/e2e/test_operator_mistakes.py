@@ -77,3 +77,20 @@ def test_a_bad_setting_in_the_environment_is_one_line(env) -> None:
     assert "--limit" in one_line(negative.stderr)
     unknown = invoke(env, "stok", code=2)
     assert "No such command 'stok'" in one_line(unknown.stderr)
+
+
+def test_promo_create_refuses_an_expired_time_and_unknown_skus(env) -> None:
+    sku = uid("SKU-PR")
+    invoke(env, "stock", "set", sku, "--price", "100")
+    code = uid("PR").upper()
+    expired = cli(env, "promo", "create", code, "--percent-off", "10", "--max-uses", "1",
+                  "--expires-at", "2020-01-01T00:00:00Z", check=False)
+    assert expired.returncode == 2
+    assert "2020-01-01T00:00:00Z is in the past" in one_line(expired.stderr)
+    ghost = uid("GHOST")
+    unknown = invoke(env, "promo", "create", code, "--percent-off", "10", "--max-uses", "1",
+                     "--skus", f"{sku},{ghost}", code=2)
+    assert f"SKU(s) not in inventory: {ghost};" in one_line(unknown.stderr)
+    invoke(env, "promo", "show", code, code=1)  # neither was created
+    invoke(env, "promo", "create", code, "--percent-off", "10", "--max-uses", "1",
+           "--skus", sku, "--expires-at", "2999-01-01")
