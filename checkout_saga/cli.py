@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import logging
 import signal
@@ -18,9 +17,22 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from checkout_saga import cli_bench, cli_observe, cli_ops, cli_promo, endpoints, logs, tracing
+from checkout_saga import (
+    cli_bench,
+    cli_console,
+    cli_observe,
+    cli_ops,
+    cli_promo,
+    endpoints,
+    logs,
+    stock_csv,
+    tracing,
+)
+from checkout_saga.cli_console import OperatorConsole
+from checkout_saga.cli_params import file_argument
 from checkout_saga.cli_topics import topics_app
 from checkout_saga.db import create_pool, migrate
+from checkout_saga.errors import OperatorInputError
 from checkout_saga.kafka_broker import KAFKA_VERSION
 from checkout_saga.runtime import DDL, ROLES, Runtime, hard_stop_after
 from checkout_saga.settings import Settings
@@ -31,7 +43,9 @@ from services.inventory import store as inventory_store
 from services.inventory.gate import RedisStockGate
 from services.orders import store as orders_store
 
-app = typer.Typer(help="Checkout saga orchestrator: operator commands.", no_args_is_help=True)
+app = typer.Typer(name="checkout-saga", help="Checkout saga orchestrator: operator commands.",
+                  no_args_is_help=True,
+                  cls=OperatorConsole)
 stock_app = typer.Typer(help="Products, prices and stock.", no_args_is_help=True)
 saga_app = typer.Typer(help="Inspect sagas.", no_args_is_help=True)
 order_app = typer.Typer(help="Inspect orders.", no_args_is_help=True)
@@ -45,7 +59,7 @@ cli_ops.register(app, saga_app)  # verify, replay, dlq, supervise, chaos; saga l
 cli_observe.register(app, saga_app)  # analytics; saga graph
 
 console = Console()
-err = Console(stderr=True)
+err = cli_console.err
 T = TypeVar("T")
 JSON_OPT = typer.Option(False, "--json", help="Print JSON for scripts.")
 
@@ -176,21 +190,20 @@ def stock_set(
     show_stock(run(with_stock_gate(settings, go)), as_json)
 
 
+CSV_ARG = file_argument("A CSV whose header names sku, price and quantity.")
+
+
 @stock_app.command("import")
-def stock_import(path: Path, as_json: bool = JSON_OPT) -> None:
-    """Import a CSV with columns sku,price,quantity."""
+def stock_import(path: Path = CSV_ARG, as_json: bool = JSON_OPT) -> None:
+    """Import a CSV with columns sku,price,quantity (all rows, or none)."""
     settings = settings_for_command()
-    rows: list[tuple[str, int, int]] = []
-    with path.open(newline="") as fh:
-        for n, rec in enumerate(csv.DictReader(fh), start=2):
-            try:
-                sku, price, qty = rec["sku"].strip(), int(rec["price"]), int(rec["quantity"])
-                if not sku or price < 0 or qty < 0:
-                    raise ValueError("empty sku or negative number")
-            except (KeyError, ValueError, TypeError, AttributeError) as exc:
-                err.print(f"[red]{path}:{n}: bad row ({exc}); nothing imported.[/red]")
-                raise typer.Exit(2)
-            rows.append((sku, price, qty))
+    try:
+        # utf-8-sig: spreadsheets save UTF-8 with a byte-order mark.
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = [(r.sku, r.price, r.quantity) for r in stock_csv.parse(fh, str(path))]
+    except UnicodeDecodeError as exc:
+        raise OperatorInputError(f"{path} is not UTF-8 text (byte {exc.start}); "
+                                 "save it as a UTF-8 CSV") from exc
 
     async def go(conn: Any) -> int:
         async with conn.transaction():
@@ -252,8 +265,39 @@ def show_stock(row: Any, as_json: bool) -> None:
     table = Table(title=f"stock {row['sku']}")
     for key in row:
         table.add_column(key)
-    table.add_row(*(str(v) for v in row.values()))
+    table.add_row(*(cell(v) for v in row.values()))
     console.print(table)
+
+
+def cell(value: Any) -> str:
+    """A table cell for an operator: yes/no, and "-" for nothing (not False/None)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else str(value)
+
+
+@stock_app.command("list")
+def stock_list(
+    after: str | None = typer.Option(None, "--after", metavar="SKU",
+                                     help="Start after this SKU (the next page)."),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000, help="SKUs per page."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Products in SKU order, a page at a time: price and stock (from PostgreSQL)."""
+    settings = settings_for_command()
+    rows = run(with_pool(settings, "inventory",
+                         lambda conn: inventory_store.page(conn, after, limit)))
+    following = str(rows[-1]["sku"]) if len(rows) == limit else None
+    if as_json:
+        print_json({"skus": rows, "next_after": following})
+        return
+    table = Table("sku", "price", "available", "held", "sold", "hot",
+                  title=f"{len(rows)} SKU(s)" + (f" after {after}" if after else ""))
+    for r in rows:
+        table.add_row(*(cell(r[k]) for k in ("sku", "price", "available", "held", "sold", "hot")))
+    console.print(table)
+    if following:
+        console.print(f"next page: checkout-saga stock list --after {following}", soft_wrap=True)
 
 
 # ---- saga / order -----------------------------------------------------------------

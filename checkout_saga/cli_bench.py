@@ -7,17 +7,21 @@ import json
 import platform
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from checkout_saga import bench, bench_inventory, endpoints
+from checkout_saga.cli_console import names_table
+from checkout_saga.cli_params import file_argument
+from checkout_saga.errors import OperatorInputError
 from checkout_saga.settings import Settings
 
 app = typer.Typer(help="Benchmarks.", invoke_without_command=True)
+REPORT_ARG = file_argument("A report written by `checkout-saga bench --json`.")
 console = Console()
 
 
@@ -120,6 +124,20 @@ def run(settings: Settings, counts: list[int], duration: float, rate: float | No
     }
 
 
+# One row per figure, one column per run: a run's ten figures side by side
+# did not fit 80 columns (Rich cut them to "work…", "2708…").
+FIGURES: tuple[tuple[str, Any], ...] = (
+    ("checkouts", lambda r: r["completed"]),
+    ("per s", lambda r: r["throughput_per_s"]),
+    ("x baseline", lambda r: r["vs_baseline"]["throughput_ratio"]),
+    ("p50 ms", lambda r: r["latency_ms"]["p50"]),
+    ("p95 ms", lambda r: r["latency_ms"]["p95"]),
+    ("p99 ms", lambda r: r["latency_ms"]["p99"]),
+    ("max ms", lambda r: r["latency_ms"]["max"]),
+    ("p99 / kafka RT", lambda r: r["vs_baseline"]["p99_ratio"]),
+)
+
+
 def render(report: dict[str, Any]) -> None:
     base = report["baseline"]
     console.print(f"{report['partitions']} partition(s) per topic; each worker is "
@@ -127,22 +145,36 @@ def render(report: dict[str, Any]) -> None:
     console.print(f"baseline: bare PostgreSQL transactions = {base['postgres_checkout_equivalents_per_s']} "
                   f"checkout-equivalents/s; bare Kafka round trip p50 {base['kafka_round_trip_ms']['p50']} ms, "
                   f"p99 {base['kafka_round_trip_ms']['p99']} ms")
-    table = Table("workers", "checkouts", "per s", "x baseline", "p50 ms", "p95 ms", "p99 ms",
-                  "max ms", "p99 / kafka RT", "guarantees", title="checkout-saga bench")
-    for r in report["runs"]:
-        lat, ratio = r["latency_ms"], r["vs_baseline"]
-        table.add_row(str(r["workers"]), str(r["completed"]), str(r["throughput_per_s"]),
-                      str(ratio["throughput_ratio"]), str(lat["p50"]), str(lat["p95"]),
-                      str(lat["p99"]), str(lat["max"]), str(ratio["p99_ratio"]),
-                      "[green]ok[/green]" if r["guarantees"]["ok"] else f"[red]{r['guarantees']}[/red]")
+    runs = report["runs"]
+    table = names_table("", *(f"{r['workers']} worker(s)" for r in runs),
+                        names=[name for name, _ in FIGURES], title="checkout-saga bench")
+    for name, figure in FIGURES:
+        table.add_row(name, *(str(figure(r)) for r in runs))
+    table.add_row("guarantees", *("[green]ok[/green]" if r["guarantees"]["ok"]
+                                  else f"[red]{_breaches(r['guarantees'])}[/red]" for r in runs))
     console.print(table)
-    for r in report["runs"]:
-        steps = Table("step", "p50 ms", "p95 ms", "p99 ms", title=f"per step, {r['workers']} worker(s)")
+    for r in runs:
+        steps = names_table("step", "p50 ms", "p95 ms", "p99 ms", names=list(r["steps_ms"]),
+                            title=f"per step, {r['workers']} worker(s)")
         for step, p in r["steps_ms"].items():
             steps.add_row(step, str(p["p50"]), str(p["p95"]), str(p["p99"]))
         console.print(steps)
         console.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items())))
         console.print("results per second, 5 s windows: " + ", ".join(map(str, r["per_5s_window"])))
+
+
+def _breaches(guarantees: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in guarantees.items() if k != "ok" and v)
+
+
+@app.command("show")
+def show(report: Path = REPORT_ARG) -> None:
+    """Print a saved report (from `bench --json > FILE`) as tables."""
+    try:
+        render(json.loads(report.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OperatorInputError(f"{report} is not a report of `checkout-saga bench --json` "
+                                 f"({type(exc).__name__}: {exc})") from exc
 
 
 # `checkout-saga bench inventory`: reservations per second, four ways (bench_inventory.py).

@@ -16,6 +16,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from checkout_saga.cli_params import ensure_can_bind, port_option
+
 # Colour of each step-log kind in ``saga show``.
 KIND_STYLES: dict[str, str] = {
     "started": "bold",
@@ -114,6 +116,9 @@ def saga_heading(found: Mapping[str, Any]) -> Text:
     return text
 
 
+PORT_OPT = port_option("Dashboard port (CHECKOUT_ANALYTICS_PORT).")
+
+
 # ---- commands ----------------------------------------------------------------------
 
 
@@ -145,7 +150,7 @@ def saga_graph(
 
 def analytics(
     host: str | None = typer.Option(None, "--host", help="Dashboard address (CHECKOUT_ANALYTICS_HOST)."),
-    port: int | None = typer.Option(None, "--port", help="Dashboard port (CHECKOUT_ANALYTICS_PORT)."),
+    port: int | None = PORT_OPT,
 ) -> None:
     """Run the analytics app (faust) and its live dashboard at http://HOST:PORT/.
 
@@ -166,6 +171,7 @@ def analytics(
         raise typer.Exit(2)
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     options = AnalyticsSettings(**overrides)  # type: ignore[arg-type]
+    ensure_can_bind(options.host, options.port)  # before announcing the address
     logs.setup(settings.checkout_log_level, settings.checkout_log_format)
     app = Analytics(settings, options).app
     cli.err.print(f"analytics dashboard on http://{options.host}:{options.port}/")

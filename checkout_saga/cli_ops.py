@@ -26,12 +26,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from checkout_saga import endpoints
+from checkout_saga import cli_console, endpoints
+from checkout_saga.errors import OperatorInputError
 from checkout_saga.settings import Settings
 
 T = TypeVar("T")
 console = Console()
-err = Console(stderr=True)
+err = cli_console.err
 JSON_OPT = typer.Option(False, "--json", help="Print JSON for scripts.")
 dlq_app = typer.Typer(help="Dead letters: list them, put them back.", no_args_is_help=True)
 
@@ -444,8 +445,7 @@ def chaos_cmd(
     try:
         check_plan(plan)
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise OperatorInputError(str(exc)) from None
     settings.checkout_data_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="chaos-", dir=settings.checkout_data_dir))
     base = {k: v for k, v in os.environ.items()

@@ -13,12 +13,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from checkout_saga import cli_console
+from checkout_saga.errors import OperatorInputError
+from services.inventory import store as inventory_store
 from services.promotions import store
 from services.promotions.rules import Promo, definition_errors, normalize_code
 
 app = typer.Typer(help="Promo codes: create them, see their uses.", no_args_is_help=True)
 _console = Console()
-_err = Console(stderr=True)
+_err = cli_console.err
 SCHEMA = "promotions"
 
 
@@ -30,7 +33,11 @@ def parse_expiry(raw: str | None) -> datetime | None:
         when = datetime.fromisoformat(raw)
     except ValueError as exc:
         raise typer.BadParameter(f"{raw!r} is not an ISO 8601 time ({exc})", param_hint="--expires-at")
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when <= datetime.now(UTC):
+        raise typer.BadParameter(f"{raw} is in the past; give a time to come (UTC if no zone)",
+                                 param_hint="--expires-at")
+    return when
 
 
 def parse_skus(raw: str | None) -> frozenset[str] | None:
@@ -75,6 +82,13 @@ def create(
         _err.print(f"[red]Cannot create {promo.code}: {'; '.join(errors)}.[/red]")
         raise typer.Exit(2)
     settings = settings_for_command()
+    only = promo.skus
+    if only:
+        unknown = run(with_pool(settings, "inventory", lambda conn: _unknown(conn, only)))
+        if unknown:
+            raise OperatorInputError(
+                f"Cannot create {promo.code}: SKU(s) not in inventory: {', '.join(unknown)}; "
+                "add them with `checkout-saga stock set` first, or fix --skus.")
 
     async def go(conn: Any) -> tuple[bool, dict[str, Any] | None]:
         created = await store.create(conn, promo)
@@ -99,6 +113,12 @@ def show(code: str, as_json: bool = typer.Option(False, "--json", help="Print JS
         _err.print(f"[red]No promo code {normalize_code(code)}.[/red]")
         raise typer.Exit(1)
     _print(row, as_json)
+
+
+async def _unknown(conn: Any, skus: frozenset[str]) -> list[str]:
+    """The SKUs inventory does not know (its own schema, maybe its own database)."""
+    known = await inventory_store.prices(conn, sorted(skus))
+    return sorted(skus - known.keys())
 
 
 def _print(row: dict[str, Any], as_json: bool) -> None:

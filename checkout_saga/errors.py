@@ -7,8 +7,10 @@
     │   │                       an invalid topic or record): a dead letter, or the outbox
     │   │                       row is quarantined
     │   └── RetriesExhausted    a message kept failing transiently while others succeeded
-    └── KafkaFatalError     the Kafka client is unusable (librdkafka's fatal error):
-                            nothing is dead-lettered, the process stops to be restarted
+    ├── KafkaFatalError     the Kafka client is unusable (librdkafka's fatal error):
+    │                       nothing is dead-lettered, the process stops to be restarted
+    └── OperatorInputError  a command refuses what an operator typed or gave it (a CSV
+                            row, a promo's terms): one line on stderr, exit 2
 
 Driver exceptions (asyncpg, redis, OS errors) are classified at the edge by
 ``is_transient`` so the handlers never catch driver types themselves; Kafka
@@ -50,6 +52,11 @@ class RetriesExhausted(PermanentError):
 class KafkaFatalError(CheckoutSagaError):
     """The client instance can send nothing more (an idempotent producer's
     fatal error); retrying with it is useless, and no message is to blame."""
+
+
+class OperatorInputError(CheckoutSagaError):
+    """An operator's input that a command refuses. The message is the one line
+    the operator reads: what is wrong, where, and what is expected."""
 
 
 _TRANSIENT: tuple[type[BaseException], ...] = (

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from checkout_saga.settings import Settings
 from checkout_saga.topics import CONSUMED, EXTERNAL, INTERNAL, dlq_topic
 
-__all__ = ["CreateReport", "TopicSpec", "create_topics", "plan_topics"]
+__all__ = ["CreateReport", "TopicSpec", "create_topics", "partition_counts", "plan_topics"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +106,9 @@ def create_topics(
                 raise
             report.existing.append(spec.name)
     return report
+
+
+def partition_counts(bootstrap: str, names: list[str], timeout: float = 30.0) -> dict[str, int | None]:
+    """How many partitions each topic has on the broker (None: it does not exist)."""
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout).topics
+    return {n: len(metadata[n].partitions) if n in metadata else None for n in names}

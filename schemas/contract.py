@@ -1,6 +1,6 @@
 """The external contract as pydantic models: the `data` of every external event.
 
-Everything here mirrors /work/shared/contract.md, which may only grow: fields
+Everything here mirrors docs/contract.md, which may only grow: fields
 and types are added, never renamed or dropped.  All models are frozen and
 reject unknown fields, so a typo in a producer fails loudly at the edge
 instead of being silently ignored deep inside the saga.

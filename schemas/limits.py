@@ -1,6 +1,6 @@
 """Every limit of the external contract and the internal messages, in one place.
 
-The contract (/work/shared/contract.md) fixes a few of them (session ids, item
+The contract (docs/contract.md) fixes a few of them (session ids, item
 count, quantity, no U+0000, int64 amounts, 1 MB); the others are chosen so
 that any real cart fits with room to spare, while a careless or hostile
 producer cannot push a value into PostgreSQL that it refuses (U+0000 in text,

@@ -328,3 +328,15 @@ async def show(conn: asyncpg.Connection, sku: str) -> dict[str, object] | None:
         sku,
     )
     return dict(row) if row else None
+
+
+async def page(conn: asyncpg.Connection, after: str | None, limit: int) -> list[dict[str, object]]:
+    """Products in SKU order after ``after``: keyset paging on the primary key,
+    as fast on the last page as on the first."""
+    rows = await conn.fetch(
+        "SELECT sku, price, available, held, sold, added, hot FROM inventory.products "
+        "WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2",
+        after,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -87,15 +87,19 @@ def test_discounted_checkout_shows_the_discount_everywhere(workers, bus: Bus, en
 
 
 def test_invalid_codes_fail_before_any_stock_is_held(workers, bus: Bus, env) -> None:
-    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    # promo create refuses a time already past: the code expires moments after.
+    soon = datetime.now(UTC) + timedelta(seconds=15)  # CLI starts are slow on a busy machine
     sku, expired, other_skus, min_subtotal = in_parallel(
         lambda: stocked(env, 1000, 10),
-        lambda: create_promo(env, "--amount-off", "100", "--max-uses", "5", "--expires-at", past),
+        lambda: create_promo(env, "--amount-off", "100", "--max-uses", "5",
+                             "--expires-at", soon.isoformat()),
+        # Other SKUs of the catalogue: promo create refuses SKUs not in inventory.
         lambda: create_promo(env, "--percent-off", "10", "--max-uses", "5",
-                             "--skus", f"{uid('SKU-X')},{uid('SKU-Y')}"),
+                             "--skus", f"{stocked(env, 1000, 1)},{stocked(env, 1000, 1)}"),
         lambda: create_promo(env, "--percent-off", "10", "--max-uses", "5",
                              "--min-subtotal", "5000"),
     )
+    time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds() + 0.1))
     cases = {
         "unknown": (uid("NOPE").upper(), "does not exist"),
         "expired": (expired, "expired"),
