@@ -222,8 +222,11 @@ def dlq_list(
 @dlq_app.command("redrive")
 def dlq_redrive(
     topic: str = typer.Argument(..., help="The topic (or its .dlq topic)."),
-    offset: list[int] | None = typer.Option(None, "--offset",
-                                               help="Only the dead letters at these DLQ offsets."),
+    partition: int | None = typer.Option(None, "--partition", min=0,
+                                         help="Only the dead letters of this DLQ partition."),
+    offset: list[int] | None = typer.Option(None, "--offset", min=0,
+                                               help="Only the dead letters at these offsets of "
+                                                    "--partition (which it needs)."),
     key: str | None = typer.Option(None, "--key", help="Only the dead letters with this key."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be put back."),
     operator: str | None = OPERATOR_OPT,
@@ -234,6 +237,10 @@ def dlq_redrive(
     from checkout_saga.kafka import AsyncProducer, producer_config
     from checkout_saga.topic_reader import TopicUnavailable
 
+    if offset and partition is None:
+        # Every partition has an offset 0: an offset alone would put back one letter of each.
+        raise OperatorInputError("--offset needs --partition: offsets count within a partition "
+                                 "(see `checkout-saga dlq list` for both)")
     settings = _settings(need_kafka=True)
 
     async def go(pool: Any) -> Any:
@@ -241,7 +248,8 @@ def dlq_redrive(
         producer = AsyncProducer(producer_config(settings))
         try:
             return await redrive(pool, producer, letters, operator=operator or _default_operator(),
-                                 offsets=set(offset) if offset else None, key=key, dry_run=dry_run)
+                                 offsets=set(offset) if offset else None, key=key,
+                                 partition=partition, dry_run=dry_run)
         finally:
             producer.close()
 

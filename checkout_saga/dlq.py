@@ -140,10 +140,12 @@ async def list_dead_letters(
 
 
 def _select(
-    letters: Iterable[DeadLetter], offsets: set[int] | None, key: str | None
+    letters: Iterable[DeadLetter], offsets: set[int] | None, key: str | None,
+    partition: int | None = None,
 ) -> list[DeadLetter]:
     return [d for d in letters
-            if (offsets is None or d.record.offset in offsets)
+            if (partition is None or d.record.partition == partition)
+            and (offsets is None or d.record.offset in offsets)
             and (key is None or d.record.key == key)]
 
 
@@ -173,9 +175,13 @@ async def redrive(
     operator: str,
     offsets: set[int] | None = None,
     key: str | None = None,
+    partition: int | None = None,
     dry_run: bool = False,
 ) -> RedriveResult:
-    selected = _select(letters, offsets, key)
+    """Offsets count within a partition: with `offsets`, give its `partition` too."""
+    if offsets is not None and partition is None:
+        raise ValueError("an offset names a dead letter only with its partition")
+    selected = _select(letters, offsets, key, partition)
     chosen = [d for d in selected if not d.truncated]
     todo = [d for d in chosen if d.redriven_at is None]
     done: list[dict[str, Any]] = []

@@ -91,3 +91,27 @@ def test_redrive_puts_each_dead_letter_back_once(workers, bus: Bus, env) -> None
         f"{SAGA_REPLIES}.dlq:{entry['partition']}:{entry['offset']}")
     assert len(ignored) == 1
     assert len(entries(env, SAGA_REPLIES, sid, timeout=0)) == 1  # not dead-lettered again
+
+
+def test_redrive_by_offset_takes_the_partition_too(workers, bus: Bus, env) -> None:
+    """Every partition has an offset 0: an offset alone would pick one letter per partition."""
+    sid = uid("stray")
+    stray = event_message(SAGA_REPLIES, REPLY_TYPE, "urn:test:stray", sid,
+                          CommandReply(checkout_session_id=sid, command="ReserveStock", ok=True))
+    bus.send(SAGA_REPLIES, sid, stray.value)
+    bus.flush()
+    [entry] = entries(env, SAGA_REPLIES, sid)
+
+    alone = invoke(env, "dlq", "redrive", SAGA_REPLIES, "--offset", str(entry["offset"]), code=2)
+    [line] = alone.stderr.strip().splitlines()
+    assert "--offset needs --partition" in line
+
+    def chosen(partition: int) -> list[dict[str, object]]:
+        out = json.loads(invoke(env, "dlq", "redrive", SAGA_REPLIES, "--partition", str(partition),
+                                "--offset", str(entry["offset"]), "--dry-run", "--json").stdout)
+        return list(out["entries"])
+
+    assert [(e["partition"], e["offset"], e["key"]) for e in chosen(entry["partition"])] == [
+        (entry["partition"], entry["offset"], sid)]
+    other = 1 - int(entry["partition"])  # the suite's topics have two partitions
+    assert all(e["partition"] == other and e["key"] != sid for e in chosen(other))
