@@ -245,7 +245,12 @@ def check_outcomes(checkouts: list[Checkout], results: Mapping[str, Mapping[str,
 
 
 class Storm:
-    """Sends the checkouts over ``duration`` seconds while chaos events fire on schedule."""
+    """Sends the checkouts over ``duration`` seconds while chaos events fire on schedule.
+
+    The events run in a thread of their own, one after another in time order: a restart that
+    takes seconds (a Kafka node recovering its log) must not pause the cart, which keeps
+    sending as a real one would.
+    """
 
     def __init__(self, cart: Cart, checkouts: list[Checkout], duration: float,
                  events: list[tuple[float, str, Callable[[], None]]]) -> None:
@@ -257,28 +262,34 @@ class Storm:
 
     def run(self) -> None:
         start = time.monotonic()
+        failures: list[BaseException] = []
+        chaos = threading.Thread(target=self._fire_all, args=(start, failures), name="chaos",
+                                 daemon=True)
+        chaos.start()
         step = self._duration / max(1, len(self._checkouts))
-        events = list(self._events)
         for i, c in enumerate(self._checkouts):
             self._cart.send(c.session, c.payload)
             if c.repeat:  # the same request again, as a retrying cart would
                 self._cart.send(c.session, c.payload)
-            while events and time.monotonic() - start >= events[0][0]:
-                at, name, fire = events.pop(0)
-                self._fire(start, name, fire)
             pause = start + (i + 1) * step - time.monotonic()
             if pause > 0:
                 self._cart.flush() if i % 20 == 0 else None
                 time.sleep(pause)
         self._cart.flush()
-        for at, name, fire in events:
-            time.sleep(max(0.0, start + at - time.monotonic()))
-            self._fire(start, name, fire)
+        chaos.join()
+        if failures:
+            raise failures[0]
 
-    def _fire(self, start: float, name: str, fire: Callable[[], None]) -> None:
-        fire()
-        self.log.append(f"{time.monotonic() - start:6.2f}s {name}")
-        log.warning("chaos: %s", name)
+    def _fire_all(self, start: float, failures: list[BaseException]) -> None:
+        try:
+            for at, name, fire in self._events:
+                time.sleep(max(0.0, start + at - time.monotonic()))
+                began = time.monotonic() - start
+                fire()
+                self.log.append(f"{began:6.2f}s {name} (done at {time.monotonic() - start:.2f}s)")
+                log.warning("chaos: %s", name)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by run() in the storm's thread
+            failures.append(exc)
 
 
 def settings_from(env: Mapping[str, str], **extra: Any) -> Settings:
