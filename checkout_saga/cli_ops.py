@@ -385,7 +385,7 @@ def supervise_cmd(
 
 
 def run_supervised(per_role: int, roles: list[str] | None) -> None:
-    from checkout_saga.cli import start_stack
+    from checkout_saga.cli_common import start_stack
     from checkout_saga.runtime import ROLES, prepare
     from checkout_saga.supervisor import Supervisor, settings_env
 

@@ -33,6 +33,7 @@ from checkout_saga.topics import COMMAND_TOPICS
 from checkout_saga.worker import dead_letter
 from saga.commands import build_command
 from saga.definition import CURRENT, DEFINITIONS, SagaDefinition
+from saga import metrics as saga_metrics
 from saga.machine import MachineConfig, decide
 from saga.outcomes import SOURCE, initial_context, rejected, result_messages
 from saga.state import (
@@ -251,7 +252,7 @@ class Coordinator:
             written = await _write_lane(conn, sagas, entries, out)
         self._relay.publish(written)
         for decision in decisions:
-            metrics.observe_decision(decision, decision.state.context.get(tracing.SAGA_CONTEXT_KEY))
+            saga_metrics.observe_decision(decision, decision.state.context.get(tracing.SAGA_CONTEXT_KEY))
 
     async def fire_due_deadlines(self, limit: int = 100) -> int:
         """Feed a timeout into every saga whose deadline has passed."""
@@ -381,7 +382,7 @@ class Coordinator:
         )
         if result["moved"] != 1:
             raise SagaMovedOn(state.session_id)
-        metrics.observe_decision(decision, state.context.get(tracing.SAGA_CONTEXT_KEY))
+        saga_metrics.observe_decision(decision, state.context.get(tracing.SAGA_CONTEXT_KEY))
         return Written(list(result["ids"]), plan.out)
 
     def _command(self, definition: SagaDefinition, state: SagaState, effect: SendCommand) -> OutgoingMessage:
