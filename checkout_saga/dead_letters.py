@@ -22,7 +22,8 @@ from collections.abc import Mapping
 
 from confluent_kafka import Message
 
-from checkout_saga.kafka import DEFAULT_MESSAGE_MAX_BYTES, OutgoingMessage
+from checkout_saga.kafka import DEFAULT_MESSAGE_MAX_BYTES
+from checkout_saga.message import OutgoingMessage
 from schemas.contract import dlq_topic
 
 TRUNCATED = "dlq.truncated"

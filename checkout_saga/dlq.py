@@ -29,7 +29,8 @@ from typing import Any
 import asyncpg
 
 from checkout_saga.dead_letters import ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
-from checkout_saga.kafka import AsyncProducer, OutgoingMessage
+from checkout_saga.kafka import AsyncProducer
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.topic_reader import Record, read_topic
 from schemas.contract import dlq_topic
 

@@ -30,7 +30,8 @@ import asyncpg
 from checkout_saga import metrics, tracing
 from checkout_saga.dead_letters import fit, minimal
 from checkout_saga.errors import KafkaFatalError, MessageRefused, TransientError, is_transient
-from checkout_saga.kafka import AsyncProducer, OutgoingMessage
+from checkout_saga.kafka import AsyncProducer
+from checkout_saga.message import OutgoingMessage
 from schemas.contract import dlq_topic
 
 log = logging.getLogger(__name__)

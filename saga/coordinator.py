@@ -26,7 +26,7 @@ from confluent_kafka import Message
 
 from checkout_saga import metrics, tracing
 from checkout_saga.errors import PermanentError, TransientError, is_transient
-from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.messages import event_message, parse_consumed, parse_message
 from checkout_saga.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql, traced
 from checkout_saga.topics import COMMAND_TOPICS
