@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,14 +57,6 @@ console = Console()
 err = cli_console.err
 T = TypeVar("T")
 JSON_OPT = typer.Option(False, "--json", help="Print JSON for scripts.")
-
-
-def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.checkout_log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 # ---- up ----------------------------------------------------------------------

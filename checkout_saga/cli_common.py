@@ -6,6 +6,7 @@ modules import it rather than the CLI module that imports them (no cycle)."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,12 +29,23 @@ def run(coro: Awaitable[T]) -> T:
     return uvloop.run(coro)  # type: ignore[no-any-return, arg-type]
 
 
-def settings_for_command() -> Settings:
+def settings_for_command(db: str | None = "inventory", kafka: bool = False) -> Settings:
+    """The settings of an operator command, the embedded stack's endpoints
+    included; refused in one line without the database of schema ``db`` (none
+    needed if None) or, if ``kafka``, without a broker."""
     settings = endpoints.resolve(Settings())
-    if not settings.database_url and not settings.inventory_database_url:
+    if db and not settings.database_url and not getattr(settings, f"{db}_database_url"):
         err.print("[red]No database: set DATABASE_URL, or start `checkout-saga up` first.[/red]")
         raise typer.Exit(2)
+    if kafka and not settings.kafka_bootstrap_servers:
+        err.print("[red]No broker: set KAFKA_BOOTSTRAP_SERVERS, or start `checkout-saga up` first.[/red]")
+        raise typer.Exit(2)
     return settings
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.checkout_log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 async def with_pool(settings: Settings, schema: str, fn: Callable[[Any], Awaitable[T]]) -> T:
