@@ -27,6 +27,9 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from checkout_saga import dlq_headers
+from schemas.contract import dlq_source, is_dlq_topic
+
 log = logging.getLogger(__name__)
 
 # The *_created series only double what a scrape has to read.
@@ -135,10 +138,10 @@ def observe_handled(worker: str, topic: str, seconds: float) -> None:
 def count_dead_letters(messages: Iterable[Any]) -> None:
     """Count outgoing messages bound for a ``.dlq`` topic (outbox rows)."""
     for m in messages:
-        if m.topic.endswith(".dlq"):
+        if is_dlq_topic(m.topic):
             headers = m.headers or {}
-            DEAD_LETTERS.labels(headers.get("dlq.source.topic", m.topic[:-4]),
-                                headers.get("dlq.stage", "handle")).inc()
+            DEAD_LETTERS.labels(headers.get(dlq_headers.SOURCE_TOPIC, dlq_source(m.topic)),
+                                headers.get(dlq_headers.STAGE, "handle")).inc()
 
 
 def observe_outbox(schema: str, ages: Sequence[float]) -> None:

@@ -18,7 +18,7 @@ PACKAGES = ("checkout_saga", "saga", "services", "analytics", "schemas")
 
 # checkout_saga modules that are platform: saga/ and services/ may lean on them.
 KERNEL = frozenset({"checkout_saga"}) | frozenset(f"checkout_saga.{name}" for name in (
-    "settings", "errors", "message", "kafka", "outbox", "service", "worker",
+    "settings", "errors", "message", "dlq_headers", "kafka", "outbox", "service", "worker",
     "db", "messages", "topics", "coalesce", "tracing", "metrics", "logs", "retry",
     "own_thread", "failure_policy", "dead_letters", "topic_admin", "topic_reader",
 ))
