@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio
 import typer
-import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -28,15 +25,13 @@ from checkout_saga import (
     stock_csv,
     tracing,
 )
+from checkout_saga.cli_common import print_json, run, settings_for_command, start_stack, with_pool
 from checkout_saga.cli_console import OperatorConsole
 from checkout_saga.cli_params import file_argument
 from checkout_saga.cli_topics import topics_app
-from checkout_saga.db import create_pool, migrate
 from checkout_saga.errors import OperatorInputError
-from checkout_saga.kafka_broker import KAFKA_VERSION
-from checkout_saga.runtime import DDL, ROLES, Runtime, hard_stop_after
+from checkout_saga.runtime import ROLES, Runtime, hard_stop_after
 from checkout_saga.settings import Settings
-from checkout_saga.stack import EmbeddedStack
 from saga import queries as saga_queries
 from services.inventory import admin as inventory_admin
 from services.inventory import store as inventory_store
@@ -62,40 +57,6 @@ console = Console()
 err = cli_console.err
 T = TypeVar("T")
 JSON_OPT = typer.Option(False, "--json", help="Print JSON for scripts.")
-
-
-def run(coro: Awaitable[T]) -> T:
-    return uvloop.run(coro)  # type: ignore[no-any-return, arg-type]
-
-
-def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.checkout_log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def settings_for_command() -> Settings:
-    settings = endpoints.resolve(Settings())
-    if not settings.database_url and not settings.inventory_database_url:
-        err.print("[red]No database: set DATABASE_URL, or start `checkout-saga up` first.[/red]")
-        raise typer.Exit(2)
-    return settings
-
-
-async def with_pool(settings: Settings, schema: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-    pool = await create_pool(settings.dsn_for(schema), 2)
-    try:
-        await migrate(pool, schema, DDL[schema])
-        async with pool.acquire() as conn:
-            return await fn(conn)
-    finally:
-        await pool.close()
-
-
-def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, default=str, indent=2) + "\n")
 
 
 # ---- up ----------------------------------------------------------------------
@@ -124,24 +85,6 @@ def up(
     finally:
         endpoints.remove(settings) if stack.started else None
         stack.stop()
-
-
-_BROKER_NAMES = {"kafka": f"Apache Kafka {KAFKA_VERSION}", "tansu": "tansu, the fallback"}
-
-
-def start_stack(settings: Settings, stack: EmbeddedStack) -> Settings:
-    found = stack.start(
-        kafka=settings.kafka_bootstrap_servers,
-        database=settings.database_url,
-        redis=settings.redis_url,
-    )
-    settings = endpoints.with_embedded(settings, found, stack.client_settings)
-    if stack.started:
-        path = endpoints.write(settings, found)
-        servers = sorted(stack.started - {"kafka"}) + ([f"kafka ({_BROKER_NAMES[stack.broker]})"]
-                                                      if stack.broker else [])
-        err.print(f"embedded {', '.join(servers)} started; endpoints in {path}")
-    return settings
 
 
 async def serve(settings: Settings, roles: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from checkout_saga.cli_console import err
 from checkout_saga.cli_params import ensure_can_bind, port_option
 
 # Colour of each step-log kind in ``saga show``.
@@ -127,21 +128,21 @@ def saga_graph(
     version: int | None = typer.Option(None, "--version", help="Definition version (default: current)."),
 ) -> None:
     """The saga definition as a Mermaid flowchart; with SESSION_ID, that saga's progress marked."""
-    from checkout_saga import cli
+    from checkout_saga.cli_common import run, settings_for_command, with_pool
     from saga import queries as saga_queries
     from saga.definition import CURRENT, DEFINITIONS
     from saga.graph import mermaid, progress_from_log
 
     progress = None
     if version is not None and version not in DEFINITIONS:
-        cli.err.print(f"[red]No saga definition v{version}; known: {sorted(DEFINITIONS)}.[/red]")
+        err.print(f"[red]No saga definition v{version}; known: {sorted(DEFINITIONS)}.[/red]")
         raise typer.Exit(2)
     definition = DEFINITIONS[version] if version is not None else CURRENT
     if session_id:
-        settings = cli.settings_for_command()
-        found = cli.run(cli.with_pool(settings, "saga", lambda conn: saga_queries.show(conn, session_id)))
+        settings = settings_for_command()
+        found = run(with_pool(settings, "saga", lambda conn: saga_queries.show(conn, session_id)))
         if found is None:
-            cli.err.print(f"[red]No saga for checkout session {session_id}.[/red]")
+            err.print(f"[red]No saga for checkout session {session_id}.[/red]")
             raise typer.Exit(1)
         definition = DEFINITIONS[found["definition_version"]]
         progress = progress_from_log(session_id, found["status"], found["steps"])
@@ -161,12 +162,12 @@ def analytics(
 
     from analytics.app import Analytics
     from analytics.settings import AnalyticsSettings
-    from checkout_saga import cli, endpoints, logs
+    from checkout_saga import endpoints, logs
     from checkout_saga.settings import Settings
 
     settings = endpoints.resolve(Settings())
     if not settings.kafka_bootstrap_servers or not (settings.database_url or settings.saga_database_url):
-        cli.err.print("[red]No Kafka or database: set KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL, "
+        err.print("[red]No Kafka or database: set KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL, "
                       "or start `checkout-saga up` first.[/red]")
         raise typer.Exit(2)
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
@@ -174,7 +175,7 @@ def analytics(
     ensure_can_bind(options.host, options.port)  # before announcing the address
     logs.setup(settings.checkout_log_level, settings.checkout_log_format)
     app = Analytics(settings, options).app
-    cli.err.print(f"analytics dashboard on http://{options.host}:{options.port}/")
+    err.print(f"analytics dashboard on http://{options.host}:{options.port}/")
     # faust's worker owns the event loop and the signals until it stops.
     worker = faust.Worker(app, loglevel=settings.checkout_log_level.lower(),
                           redirect_stdouts=False, logging_config=_faust_logging(settings))

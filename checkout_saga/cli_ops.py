@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from checkout_saga import cli_console, endpoints
+from checkout_saga.cli_common import print_json, run, settings_for_command, setup_logging
 from checkout_saga.errors import OperatorInputError
 from checkout_saga.settings import Settings
 
@@ -52,30 +52,6 @@ def _default_operator() -> str:
 OPERATOR_OPT = typer.Option(None, "--operator", help="Who acts (default: the login name).")
 
 
-def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, default=str, indent=2) + "\n")
-
-
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def _settings(need_kafka: bool = False, need_db: bool = True) -> Settings:
-    settings = endpoints.resolve(Settings())
-    if need_db and not settings.database_url and not settings.saga_database_url:
-        err.print("[red]No database: set DATABASE_URL, or start `checkout-saga up` first.[/red]")
-        raise typer.Exit(2)
-    if need_kafka and not settings.kafka_bootstrap_servers:
-        err.print("[red]No broker: set KAFKA_BOOTSTRAP_SERVERS, or start `checkout-saga up` first.[/red]")
-        raise typer.Exit(2)
-    return settings
-
-
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.checkout_log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
-
 # ---- verify ---------------------------------------------------------------------------
 
 
@@ -91,10 +67,10 @@ def verify_cmd(
     """Check the contract's guarantees over the live data; exit 1 on any breach."""
     from checkout_saga.verify import VerifyOptions, verify
 
-    settings = _settings(need_kafka=not skip_topics)
+    settings = settings_for_command(db="saga", kafka=not skip_topics)
     options = VerifyOptions(grace=grace, read_topics=not skip_topics,
                             max_saga_age=max_saga_age or settings.checkout_hold_ttl_seconds)
-    report = _run(verify(settings, options))
+    report = run(verify(settings, options))
     if as_json:
         print_json(report.as_json())
     else:
@@ -145,7 +121,7 @@ def replay_cmd(
 
     try:
         start = parse_since(since, datetime.now(UTC))
-        settings = _settings(need_kafka=True, need_db=False)
+        settings = settings_for_command(db=None, kafka=True)
         plans = replay(settings.kafka, topic, start, group, wait, dry_run)
     except (ReplayError, TopicUnavailable) as exc:
         err.print(f"[red]replay: {exc}[/red]")
@@ -194,9 +170,9 @@ def dlq_list(
     from checkout_saga.dlq import dlq_name, list_dead_letters
     from checkout_saga.topic_reader import TopicUnavailable
 
-    settings = _settings(need_kafka=True)
+    settings = settings_for_command(db="saga", kafka=True)
     try:
-        letters = _run(_with_ops_pool(
+        letters = run(_with_ops_pool(
             settings, lambda pool: list_dead_letters(pool, settings.kafka, topic, idle=_topic_idle(settings))))
     except TopicUnavailable as exc:
         err.print(f"[red]dlq: {exc}[/red]")
@@ -241,7 +217,7 @@ def dlq_redrive(
         # Every partition has an offset 0: an offset alone would put back one letter of each.
         raise OperatorInputError("--offset needs --partition: offsets count within a partition "
                                  "(see `checkout-saga dlq list` for both)")
-    settings = _settings(need_kafka=True)
+    settings = settings_for_command(db="saga", kafka=True)
 
     async def go(pool: Any) -> Any:
         letters = await list_dead_letters(pool, settings.kafka, topic, idle=_topic_idle(settings))
@@ -254,7 +230,7 @@ def dlq_redrive(
             producer.close()
 
     try:
-        result = _run(_with_ops_pool(settings, go))
+        result = run(_with_ops_pool(settings, go))
     except TopicUnavailable as exc:
         err.print(f"[red]dlq: {exc}[/red]")
         raise typer.Exit(2)
@@ -287,7 +263,7 @@ def saga_list(
     """Sagas that have not ended (with --stuck: only those that will not end by themselves)."""
     from saga.admin import list_sagas
 
-    settings = _settings()
+    settings = settings_for_command(db="saga")
 
     async def go() -> list[dict[str, Any]]:
         from checkout_saga.db import create_pool
@@ -301,7 +277,7 @@ def saga_list(
         finally:
             await pool.close()
 
-    found = _run(go())
+    found = run(go())
     if as_json:
         print_json(found)
         return
@@ -317,9 +293,9 @@ def _admin(session_id: str, kind: str, reason: str, operator: str | None, as_jso
     from saga.admin import UnknownSaga
     from saga.state import OperatorKind
 
-    settings = _settings(need_kafka=True)
+    settings = settings_for_command(db="saga", kafka=True)
     try:
-        result = _run(_act(settings, session_id, OperatorKind(kind), reason,
+        result = run(_act(settings, session_id, OperatorKind(kind), reason,
                            operator or _default_operator()))
     except UnknownSaga:
         err.print(f"[red]No saga for checkout session {session_id}.[/red]")
@@ -393,7 +369,7 @@ def supervise_cmd(
 
 
 def run_supervised(per_role: int, roles: list[str] | None) -> None:
-    from checkout_saga.cli import start_stack
+    from checkout_saga.cli_common import start_stack
     from checkout_saga.runtime import ROLES, prepare
     from checkout_saga.supervisor import Supervisor, settings_env
 
@@ -403,11 +379,11 @@ def run_supervised(per_role: int, roles: list[str] | None) -> None:
         err.print(f"[red]Unknown role(s) {', '.join(unknown)}; choose from {', '.join(ROLES)}.[/red]")
         raise typer.Exit(2)
     settings = Settings()
-    _setup_logging(settings)
+    setup_logging(settings)
     stack = endpoints.embedded_stack(settings, settings.checkout_data_dir / "stack")
     try:
         settings = start_stack(settings, stack)
-        asyncio.run(prepare(settings))
+        run(prepare(settings))
         env = dict(os.environ)
         env.update(settings_env(settings.kafka, settings.database_url or "", settings.redis_url or "",
                                 stack.client_settings))
@@ -445,7 +421,7 @@ def chaos_cmd(
     from checkout_saga.chaos import ChaosPlan, check_plan, run_chaos
 
     settings = Settings()
-    _setup_logging(settings.model_copy(update={"checkout_log_level": "ERROR"}))
+    setup_logging(settings.model_copy(update={"checkout_log_level": "ERROR"}))
     plan = ChaosPlan(checkouts=checkouts, kills=kills, per_role=per_role,
                      postgres_restarts=postgres_restarts, redis_restarts=redis_restarts,
                      duration=duration, seed=seed, result_timeout=max(120.0, duration * 2),

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from checkout_saga import cli_console
+from checkout_saga.cli_common import print_json, run, settings_for_command, with_pool
 from checkout_saga.errors import OperatorInputError
 from services.inventory import store as inventory_store
 from services.promotions import store
@@ -66,8 +67,6 @@ def create(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Create a promo code (an existing code is never changed)."""
-    from checkout_saga.cli import run, settings_for_command, with_pool
-
     promo = Promo(
         code=normalize_code(code),
         max_uses=max_uses,
@@ -105,8 +104,6 @@ def create(
 @app.command("show")
 def show(code: str, as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
     """A promo code: its terms, uses taken and remaining."""
-    from checkout_saga.cli import run, settings_for_command, with_pool
-
     settings = settings_for_command()
     row = run(with_pool(settings, SCHEMA, lambda conn: store.show(conn, normalize_code(code))))
     if row is None:
@@ -124,8 +121,6 @@ async def _unknown(conn: Any, skus: frozenset[str]) -> list[str]:
 def _print(row: dict[str, Any], as_json: bool) -> None:
     out = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
     if as_json:
-        from checkout_saga.cli import print_json
-
         print_json(out)
         return
     off = f"{out['percent_off']}%" if out["percent_off"] is not None else f"{out['amount_off']} off"

@@ -22,13 +22,12 @@ from collections.abc import Mapping
 
 from confluent_kafka import Message
 
-from checkout_saga.kafka import DEFAULT_MESSAGE_MAX_BYTES, OutgoingMessage
+from checkout_saga import dlq_headers
+from checkout_saga.dlq_headers import ORIGINAL_KEY_SIZE, ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
+from checkout_saga.kafka import DEFAULT_MESSAGE_MAX_BYTES
+from checkout_saga.message import OutgoingMessage
 from schemas.contract import dlq_topic
 
-TRUNCATED = "dlq.truncated"
-ORIGINAL_SIZE = "dlq.original.size"
-ORIGINAL_SHA256 = "dlq.original.sha256"
-ORIGINAL_KEY_SIZE = "dlq.original.key.size"
 TRUNCATION_HEADERS = (TRUNCATED, ORIGINAL_SIZE, ORIGINAL_SHA256, ORIGINAL_KEY_SIZE)
 
 # Bytes a record costs beyond its key, value and headers (measured with
@@ -40,9 +39,9 @@ ERROR_BYTES = 2000
 STACK_BYTES = 4000
 HEADER_BYTES = 512
 KEY_BYTES = 1024
-_HEADER_LIMITS = {"dlq.error": ERROR_BYTES, "dlq.stack": STACK_BYTES}
+_HEADER_LIMITS = {dlq_headers.ERROR: ERROR_BYTES, dlq_headers.STACK: STACK_BYTES}
 # Dropped first, in this order, when even the bounded headers leave no room.
-_EXPENDABLE = ("dlq.stack", "dlq.error")
+_EXPENDABLE = (dlq_headers.STACK, dlq_headers.ERROR)
 
 
 def clip(text: str, limit: int) -> str:
@@ -104,8 +103,8 @@ def minimal(message: OutgoingMessage) -> OutgoingMessage:
     headers.setdefault(ORIGINAL_SIZE, str(len(message.value)))
     headers.setdefault(ORIGINAL_SHA256, hashlib.sha256(message.value).hexdigest())
     headers[TRUNCATED] = "true"
-    if "dlq.error" in message.headers:
-        headers["dlq.error"] = clip(message.headers["dlq.error"], HEADER_BYTES)
+    if dlq_headers.ERROR in message.headers:
+        headers[dlq_headers.ERROR] = clip(message.headers[dlq_headers.ERROR], HEADER_BYTES)
     return dataclasses.replace(message, key=clip(message.key, KEY_BYTES), value=b"", headers=headers)
 
 
@@ -121,12 +120,12 @@ def dead_letter(msg: Message, error: BaseException, stage: str = "handle", *,
         key=key.decode("utf-8", "replace") if key else "",
         value=msg.value() or b"",
         headers={
-            "dlq.error": clip(f"{type(error).__name__}: {error}", ERROR_BYTES),
-            "dlq.error.class": type(error).__name__,
-            "dlq.stage": stage,
-            "dlq.stack": tail(stack, STACK_BYTES),
-            "dlq.source.topic": msg.topic(),
-            "dlq.source.partition": str(msg.partition()),
-            "dlq.source.offset": str(msg.offset()),
+            dlq_headers.ERROR: clip(f"{type(error).__name__}: {error}", ERROR_BYTES),
+            dlq_headers.ERROR_CLASS: type(error).__name__,
+            dlq_headers.STAGE: stage,
+            dlq_headers.STACK: tail(stack, STACK_BYTES),
+            dlq_headers.SOURCE_TOPIC: msg.topic(),
+            dlq_headers.SOURCE_PARTITION: str(msg.partition()),
+            dlq_headers.SOURCE_OFFSET: str(msg.offset()),
         },
     ), limit)

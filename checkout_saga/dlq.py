@@ -28,13 +28,13 @@ from typing import Any
 
 import asyncpg
 
-from checkout_saga.dead_letters import ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
-from checkout_saga.kafka import AsyncProducer, OutgoingMessage
+from checkout_saga import dlq_headers
+from checkout_saga.dlq_headers import ORIGINAL_SHA256, ORIGINAL_SIZE, REDRIVEN_FROM, TRUNCATED
+from checkout_saga.kafka import AsyncProducer
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.topic_reader import Record, read_topic
-from schemas.contract import dlq_topic
+from schemas.contract import dlq_source, dlq_topic, is_dlq_topic
 
-DLQ_SUFFIX = ".dlq"
-REDRIVEN_FROM = "dlq.redriven.from"
 
 OPS_DDL = """
 CREATE SCHEMA IF NOT EXISTS ops;
@@ -60,7 +60,7 @@ async def migrate_ops(pool: asyncpg.Pool) -> None:
 
 def dlq_name(topic: str) -> str:
     """``orders.requests`` and ``orders.requests.dlq`` both name the same dead letters."""
-    return topic if topic.endswith(DLQ_SUFFIX) else dlq_topic(topic)
+    return topic if is_dlq_topic(topic) else dlq_topic(topic)
 
 
 def digest(value: bytes) -> str:
@@ -78,7 +78,7 @@ class DeadLetter:
 
     @property
     def source_topic(self) -> str:
-        return self.record.headers.get("dlq.source.topic") or self.record.topic[: -len(DLQ_SUFFIX)]
+        return self.record.headers.get(dlq_headers.SOURCE_TOPIC) or dlq_source(self.record.topic)
 
     def _int_header(self, name: str) -> int | None:
         raw = self.record.headers.get(name)
@@ -96,12 +96,12 @@ class DeadLetter:
             "timestamp": datetime.fromtimestamp(r.timestamp_ms / 1000, UTC).isoformat()
             if r.timestamp_ms > 0 else None,
             "key": r.key,
-            "error": h.get("dlq.error", ""),
-            "error_class": h.get("dlq.error.class", ""),
-            "stage": h.get("dlq.stage", ""),
+            "error": h.get(dlq_headers.ERROR, ""),
+            "error_class": h.get(dlq_headers.ERROR_CLASS, ""),
+            "stage": h.get(dlq_headers.STAGE, ""),
             "source_topic": self.source_topic,
-            "source_partition": self._int_header("dlq.source.partition"),
-            "source_offset": self._int_header("dlq.source.offset"),
+            "source_partition": self._int_header(dlq_headers.SOURCE_PARTITION),
+            "source_offset": self._int_header(dlq_headers.SOURCE_OFFSET),
             "redriven_from": h.get(REDRIVEN_FROM),
             "redriven": self.redriven_at is not None,
             "redriven_at": self.redriven_at.isoformat() if self.redriven_at else None,
@@ -112,7 +112,7 @@ class DeadLetter:
             "value_preview": r.value[:200].decode("utf-8", "replace"),
         }
         if with_stack:
-            out["stack"] = h.get("dlq.stack", "")
+            out["stack"] = h.get(dlq_headers.STACK, "")
         return out
 
 
@@ -151,7 +151,7 @@ def _select(
 
 def _redrive_message(letter: DeadLetter) -> OutgoingMessage:
     r = letter.record
-    headers = {k: v for k, v in r.headers.items() if not k.startswith("dlq.")}
+    headers = {k: v for k, v in r.headers.items() if not k.startswith(dlq_headers.PREFIX)}
     headers[REDRIVEN_FROM] = f"{r.topic}:{r.partition}:{r.offset}"
     return OutgoingMessage(letter.source_topic, r.key or "", r.value, headers)
 

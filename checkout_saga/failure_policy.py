@@ -31,7 +31,8 @@ from contextlib import AbstractContextManager
 from confluent_kafka import Message
 
 from checkout_saga import metrics
-from checkout_saga.dead_letters import TRUNCATED, dead_letter, minimal
+from checkout_saga.dead_letters import dead_letter, minimal
+from checkout_saga.dlq_headers import TRUNCATED
 from checkout_saga.errors import KafkaFatalError, MessageRefused, RetriesExhausted, is_transient
 from checkout_saga.kafka import AsyncProducer
 from checkout_saga.retry import RetryPolicy

@@ -18,13 +18,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from checkout_saga.errors import KafkaFatalError, MessageRefused, TransientError, kafka_error
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,6 @@ def ensure_topics(settings: Settings, topics: Iterable[str], timeout: float = 30
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     log.info("created topics %s", ", ".join(wanted))
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    topic: str
-    key: str
-    value: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class AsyncProducer:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from checkout_saga.errors import CheckoutSagaError
 from checkout_saga.processes import free_port, spawn, tail, tcp_open
 
 __all__ = ["KAFKA_VERSION", "MIN_JAVA", "Java", "KafkaInstall", "KafkaSetupError", "answers",
@@ -53,7 +54,7 @@ BROKER_MAIN = "kafka.Kafka"
 STORAGE_MAIN = "kafka.tools.StorageTool"
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(CheckoutSagaError, RuntimeError):
     """The broker's jars could not be fetched or prepared; the message says what to do."""
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from confluent_kafka import Message
 from pydantic import BaseModel
 
 from checkout_saga.errors import PermanentError
-from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.message import OutgoingMessage
 from schemas.envelope import CloudEvent, InvalidEvent, encode_event, make_event, parse_event
 from schemas.limits import header_problem
+
+if TYPE_CHECKING:  # a type only: building a message needs no Kafka client
+    from confluent_kafka import Message
 
 # Stable ids for events that may be re-sent (a republished result keeps its id).
 _NAMESPACE = uuid.UUID("6f1c2a4e-2b1d-4c59-9a53-5b8f2f3d7e10")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,7 +27,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from saga.state import Decision, SendCommand
+from checkout_saga import dlq_headers
+from schemas.contract import dlq_source, is_dlq_topic
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +138,10 @@ def observe_handled(worker: str, topic: str, seconds: float) -> None:
 def count_dead_letters(messages: Iterable[Any]) -> None:
     """Count outgoing messages bound for a ``.dlq`` topic (outbox rows)."""
     for m in messages:
-        if m.topic.endswith(".dlq"):
+        if is_dlq_topic(m.topic):
             headers = m.headers or {}
-            DEAD_LETTERS.labels(headers.get("dlq.source.topic", m.topic[:-4]),
-                                headers.get("dlq.stage", "handle")).inc()
+            DEAD_LETTERS.labels(headers.get(dlq_headers.SOURCE_TOPIC, dlq_source(m.topic)),
+                                headers.get(dlq_headers.STAGE, "handle")).inc()
 
 
 def observe_outbox(schema: str, ages: Sequence[float]) -> None:
@@ -173,69 +172,6 @@ def lag_statistics(worker: str, interval_ms: int = 5000) -> dict[str, Any]:
             log.debug("unreadable librdkafka statistics: %s", exc)
 
     return {"statistics.interval.ms": interval_ms, "stats_cb": on_stats}
-
-
-_ANSWERS = {"succeeded": "succeeded", "failed": "failed", "compensated": "compensated"}
-
-
-class StepClock:
-    """When this process last sent each saga step's command, so the answer
-    can be timed without a database round trip. Only for metrics and spans:
-    an answer handled by another process than the one that sent the command
-    (a timer's re-send) is simply not timed. Bounded: the oldest are dropped."""
-
-    def __init__(self, limit: int = 200_000) -> None:
-        self._sent: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self._limit = limit
-
-    def sent(self, session_id: str, step: str) -> None:
-        key = (session_id, step)
-        self._sent.pop(key, None)
-        self._sent[key] = time.monotonic()
-        while len(self._sent) > self._limit:
-            self._sent.popitem(last=False)
-
-    def answered(self, session_id: str, step: str) -> float | None:
-        at = self._sent.pop((session_id, step), None)
-        return None if at is None else time.monotonic() - at
-
-
-STEP_CLOCK = StepClock()
-
-
-def observe_decision(decision: Decision, saga_traceparent: str | None = None) -> None:
-    """Count what one coordinator decision did, from its step-log entries, and
-    time every step it answered (a histogram and a span per step). Called after
-    the decision's write succeeded."""
-    state = decision.state
-    session = state.session_id
-    for e in decision.log:
-        if e.step == "-":
-            if e.kind == "started":
-                SAGAS_STARTED.inc()
-            elif e.kind == "succeeded":
-                SAGAS_SUCCEEDED.inc()
-            elif e.kind == "failed":
-                SAGAS_FAILED.labels(state.failure.reason if state.failure else "UNKNOWN").inc()
-            continue
-        if e.kind == "compensated":
-            COMPENSATIONS.labels(e.step).inc()
-        elif e.kind == "timeout":
-            STEP_TIMEOUTS.labels(e.step).inc()
-        elif e.kind == "dead-letter":
-            COMPENSATIONS_DEAD.labels(e.step).inc()
-        outcome = _ANSWERS.get(e.kind)
-        if outcome is None:
-            continue
-        seconds = STEP_CLOCK.answered(session, e.step)
-        if seconds is not None:
-            STEP_SECONDS.labels(e.step, outcome).observe(seconds)
-            from checkout_saga import tracing  # tracing imports this module
-
-            tracing.record_step(e.step, outcome, session, seconds, saga_traceparent)
-    for effect in decision.effects:
-        if isinstance(effect, SendCommand):
-            STEP_CLOCK.sent(session, effect.step)
 
 
 async def sample_gauges(inventory: asyncpg.Pool | None, saga: asyncpg.Pool | None) -> int:

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from checkout_saga import metrics, tracing
+from checkout_saga import dlq_headers, metrics, tracing
 from checkout_saga.dead_letters import fit, minimal
 from checkout_saga.errors import KafkaFatalError, MessageRefused, TransientError, is_transient
-from checkout_saga.kafka import AsyncProducer, OutgoingMessage
-from schemas.contract import dlq_topic
+from checkout_saga.kafka import AsyncProducer
+from checkout_saga.message import OutgoingMessage
+from schemas.contract import dlq_topic, is_dlq_topic
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +312,8 @@ class OutboxRelay:
                 if not isinstance(exc, MessageRefused):
                     return
                 continue
-            metrics.DEAD_LETTERS.labels(attempt.headers.get("dlq.source.topic", message.topic),
-                                        "outbox").inc()
+            source = attempt.headers.get(dlq_headers.SOURCE_TOPIC, message.topic)
+            metrics.DEAD_LETTERS.labels(source, "outbox").inc()
             return
 
 
@@ -322,18 +323,18 @@ def quarantined_letter(schema: str, row_id: int, message: OutgoingMessage, error
     row that was itself a dead letter (its ``.dlq`` topic refused it as it
     was) keeps its own ``dlq.*`` headers; the refusal is added beside them."""
     where = f"{schema}.outbox_quarantine:{row_id}"
-    if message.topic.endswith(".dlq"):
-        headers = {**message.headers, "dlq.outbox.error": f"{type(error).__name__}: {error}",
-                   "dlq.outbox.quarantined": where}
+    if is_dlq_topic(message.topic):
+        headers = {**message.headers, dlq_headers.OUTBOX_ERROR: f"{type(error).__name__}: {error}",
+                   dlq_headers.OUTBOX_QUARANTINED: where}
         return fit(dataclasses.replace(message, headers=headers), limit)
     headers = {
         **message.headers,
-        "dlq.error": f"{type(error).__name__}: {error}",
-        "dlq.error.class": type(error).__name__,
-        "dlq.stage": "outbox",
-        "dlq.source.topic": message.topic,
-        "dlq.source.partition": "-1",
-        "dlq.source.offset": "-1",
-        "dlq.outbox.quarantined": where,
+        dlq_headers.ERROR: f"{type(error).__name__}: {error}",
+        dlq_headers.ERROR_CLASS: type(error).__name__,
+        dlq_headers.STAGE: "outbox",
+        dlq_headers.SOURCE_TOPIC: message.topic,
+        dlq_headers.SOURCE_PARTITION: "-1",
+        dlq_headers.SOURCE_OFFSET: "-1",
+        dlq_headers.OUTBOX_QUARANTINED: where,
     }
     return fit(OutgoingMessage(dlq_topic(message.topic), message.key, message.value, headers), limit)

@@ -41,6 +41,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from checkout_saga.errors import CheckoutSagaError
 from checkout_saga.topic_reader import partitions_of
 from checkout_saga.topics import GROUPS
 
@@ -51,7 +52,7 @@ _CLOCK_SKEW = timedelta(seconds=1)
 _EMPTY = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
 
 
-class ReplayError(Exception):
+class ReplayError(CheckoutSagaError):
     """Something the operator must fix; the message says what."""
 
 

@@ -22,7 +22,7 @@ import asyncpg
 from confluent_kafka import Message
 
 from checkout_saga import tracing
-from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.messages import event_message, parse_message
 from checkout_saga.outbox import OutboxRelay, Written, insert_args, insert_sql, traced
 from checkout_saga.topics import SAGA_REPLIES

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     payment_database_url: str | None = None
     orders_database_url: str | None = None
     saga_database_url: str | None = None
+    promotions_database_url: str | None = None
 
     # Contract timings.
     checkout_hold_ttl_seconds: float = Field(default=900.0, gt=0, le=MAX_HOLD_TTL_SECONDS)

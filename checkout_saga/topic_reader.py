@@ -19,8 +19,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from checkout_saga.errors import CheckoutSagaError
 
-class TopicUnavailable(RuntimeError):
+
+class TopicUnavailable(CheckoutSagaError, RuntimeError):
     """The topic does not exist or the broker did not answer."""
 
 

@@ -17,6 +17,8 @@ import stat
 import struct
 from pathlib import Path
 
+from checkout_saga.errors import CheckoutSagaError
+
 __all__ = ["TraversalError", "grant_traversal", "reachable_by"]
 
 _log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ _ENTRY = struct.Struct("<HHI")
 _X = 1
 
 
-class TraversalError(RuntimeError):
+class TraversalError(CheckoutSagaError, RuntimeError):
     """A folder keeps the user out and cannot be given an ACL entry; says what to do."""
 
 

@@ -23,13 +23,13 @@ from typing import Any
 
 import asyncpg
 
-from checkout_saga.errors import PermanentError
+from checkout_saga.errors import CheckoutSagaError, PermanentError
 from saga.coordinator import Coordinator, SagaMovedOn
 from saga.definition import DEFINITIONS
 from saga.state import OperatorAction, OperatorKind, SagaStatus, from_json
 
 
-class UnknownSaga(LookupError):
+class UnknownSaga(CheckoutSagaError, LookupError):
     """No saga exists for the checkout session."""
 
 

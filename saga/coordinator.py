@@ -24,13 +24,14 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Message
 
-from checkout_saga import metrics, tracing
+from checkout_saga import dlq_headers, metrics, tracing
 from checkout_saga.errors import PermanentError, TransientError, is_transient
-from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.messages import event_message, parse_consumed, parse_message
 from checkout_saga.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql, traced
 from checkout_saga.topics import COMMAND_TOPICS
 from checkout_saga.worker import dead_letter
+from saga import metrics as saga_metrics
 from saga.commands import build_command
 from saga.definition import CURRENT, DEFINITIONS, SagaDefinition
 from saga.machine import MachineConfig, decide
@@ -251,7 +252,7 @@ class Coordinator:
             written = await _write_lane(conn, sagas, entries, out)
         self._relay.publish(written)
         for decision in decisions:
-            metrics.observe_decision(decision, decision.state.context.get(tracing.SAGA_CONTEXT_KEY))
+            saga_metrics.observe_decision(decision, decision.state.context.get(tracing.SAGA_CONTEXT_KEY))
 
     async def fire_due_deadlines(self, limit: int = 100) -> int:
         """Feed a timeout into every saga whose deadline has passed."""
@@ -381,7 +382,7 @@ class Coordinator:
         )
         if result["moved"] != 1:
             raise SagaMovedOn(state.session_id)
-        metrics.observe_decision(decision, state.context.get(tracing.SAGA_CONTEXT_KEY))
+        saga_metrics.observe_decision(decision, state.context.get(tracing.SAGA_CONTEXT_KEY))
         return Written(list(result["ids"]), plan.out)
 
     def _command(self, definition: SagaDefinition, state: SagaState, effect: SendCommand) -> OutgoingMessage:
@@ -400,8 +401,8 @@ class Coordinator:
         msg = self._command(definition, state, last)
         return OutgoingMessage(
             dlq_topic(msg.topic), msg.key, msg.value,
-            {"dlq.error": effect.detail, "dlq.stage": effect.stage,
-             "dlq.source.topic": msg.topic, "dlq.source.offset": "-1"},
+            {dlq_headers.ERROR: effect.detail, dlq_headers.STAGE: effect.stage,
+             dlq_headers.SOURCE_TOPIC: msg.topic, dlq_headers.SOURCE_OFFSET: "-1"},
         )
 
     async def _log(self, conn: asyncpg.Connection, session_id: str, entries: list[tuple[str, str, str]]) -> None:

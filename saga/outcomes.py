@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.messages import event_message, stable_id
 from checkout_saga.topics import CHECKOUT_RESULTS, ORDERS_CONFIRMED
 from saga.definition import CURRENT

@@ -93,6 +93,15 @@ def dlq_topic(topic: str) -> str:
     return topic + _DLQ_SUFFIX
 
 
+def is_dlq_topic(topic: str) -> bool:
+    return topic.endswith(_DLQ_SUFFIX)
+
+
+def dlq_source(topic: str) -> str:
+    """The topic whose dead letters `topic` (a dead-letter topic) holds."""
+    return topic.removesuffix(_DLQ_SUFFIX)
+
+
 # --- field types ----------------------------------------------------------
 # Every bound comes from `schemas.limits`. Text never contains U+0000, which
 # PostgreSQL refuses in text and jsonb: a validator says so in a sentence (it

@@ -27,7 +27,7 @@ from confluent_kafka import Message
 from pydantic import BaseModel
 
 from checkout_saga.errors import PermanentError, TransientError
-from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.messages import event_message, parse_message
 from checkout_saga.outbox import OutboxRelay, enqueue
 from checkout_saga.topics import FULFILLMENT_EVENTS, ORDERS_EVENTS, ORDERS_REPLIES, ORDERS_REQUESTS

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import asyncpg
 
 from checkout_saga.errors import PermanentError
-from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.messages import event_message
 from checkout_saga.service import Outcome, Route, failed, ok
 from checkout_saga.topics import ORDERS_EVENTS

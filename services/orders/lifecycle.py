@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from checkout_saga.errors import CheckoutSagaError
+
 
 class OrderStatus(StrEnum):
     PENDING = "PENDING"
@@ -47,7 +49,7 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
 }
 
 
-class IllegalTransition(ValueError):
+class IllegalTransition(CheckoutSagaError, ValueError):
     def __init__(self, current: OrderStatus, target: OrderStatus) -> None:
         super().__init__(f"an order in {current} cannot move to {target}")
         self.current = current

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import asyncpg
 
 from checkout_saga.errors import PermanentError
-from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.messages import event_message
 from checkout_saga.outbox import OutboxRelay, enqueue
 from checkout_saga.topics import INVENTORY_COMMANDS, ORDERS_EVENTS, PAYMENT_COMMANDS

@@ -14,11 +14,12 @@ from typing import Any
 
 import asyncpg
 
+from checkout_saga.errors import CheckoutSagaError
 from schemas.internal import CreateOrder
 from services.orders.lifecycle import IllegalTransition, OrderStatus, can_move
 
 
-class LostRace(Exception):
+class LostRace(CheckoutSagaError):
     """The order moved under us; re-read and decide again."""
 
 

@@ -19,7 +19,8 @@ from helpers import Bus, uid
 from checkout_saga import metrics
 from checkout_saga.db import create_pool, messaging_ddl
 from checkout_saga.dead_letters import ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
-from checkout_saga.kafka import AsyncProducer, OutgoingMessage
+from checkout_saga.kafka import AsyncProducer
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.outbox import OutboxRelay, enqueue
 from schemas.contract import dlq_topic
 

@@ -27,7 +27,8 @@ from checkout_saga.dead_letters import (
     tail,
     wire_size,
 )
-from checkout_saga.kafka import DEFAULT_MESSAGE_MAX_BYTES, OutgoingMessage
+from checkout_saga.kafka import DEFAULT_MESSAGE_MAX_BYTES
+from checkout_saga.message import OutgoingMessage
 
 LIMIT = DEFAULT_MESSAGE_MAX_BYTES
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from checkout_saga.kafka import OutgoingMessage
+from checkout_saga.message import OutgoingMessage
 from checkout_saga.messages import event_message, stable_id
 from saga.commands import BUILDERS, build_command
 from saga.definition import CHECKOUT_V1, DEFINITIONS

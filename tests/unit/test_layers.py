@@ -1,0 +1,193 @@
+"""One direction of arrows (issue 15): the application on top, then saga,
+services and analytics, then the messaging kernel, then schemas.
+
+The imports are read with ``ast`` (module-level and inside functions), so the
+test sees the arrows a lazy import hides. Today's back arrows that take more
+than a small move to remove are listed in KNOWN_BACK_ARROWS; the test fails on
+any new one and on a listed one that is gone, so the list can only shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("checkout_saga", "saga", "services", "analytics", "schemas")
+
+# checkout_saga modules that are platform: saga/ and services/ may lean on them.
+KERNEL = frozenset({"checkout_saga"}) | frozenset(f"checkout_saga.{name}" for name in (
+    "settings", "errors", "message", "dlq_headers", "kafka", "outbox", "service", "worker",
+    "db", "messages", "topics", "coalesce", "tracing", "metrics", "logs", "retry",
+    "own_thread", "failure_policy", "dead_letters", "topic_admin", "topic_reader",
+))
+# checkout_saga modules that are the application: they may import anything.
+APPLICATION = frozenset(f"checkout_saga.{name}" for name in (
+    "cli", "cli_bench", "cli_common", "cli_console", "cli_observe", "cli_ops", "cli_params",
+    "cli_promo", "cli_topics", "runtime", "bench", "bench_inventory", "chaos", "verify",
+    "replay", "dlq", "supervisor", "stack", "kafka_broker", "processes", "traversal",
+    "endpoints", "demo", "client", "metrics_server", "stock_csv",
+))
+
+# (importer, imported): back arrows of today, each with why it is not a small move.
+KNOWN_BACK_ARROWS: dict[tuple[str, str], str] = {
+    ("analytics.sinks", "services.inventory.admin"):
+        "the stock sink reads inventory's tables; it wants a stock-read port",
+    ("analytics.sinks", "services.inventory.gate"):
+        "the stock sink reads the Redis gate; it wants the same stock-read port",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            found[module_name(path)] = path
+    return found
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """The project module ``name`` lands in: itself, or the closest package above."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _base(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    package = importer if is_package else importer.rpartition(".")[0]
+    for _ in range(node.level - 1):
+        package = package.rpartition(".")[0]
+    return f"{package}.{node.module}" if node.module else package
+
+
+def imports_of(importer: str, path: Path, modules: dict[str, Path]) -> Iterator[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _base(node, importer, path.name == "__init__.py")
+            # `from pkg import mod` is an arrow to pkg.mod when that is a module.
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                       for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            resolved = _resolve(target, modules)
+            if resolved is not None and resolved != importer:
+                yield resolved
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: set(imports_of(name, path, modules)) for name, path in modules.items()}
+
+
+def layer(module: str) -> str:
+    """saga, services.<name>, analytics, kernel, application or schemas."""
+    top = module.split(".")[0]
+    if top == "checkout_saga":
+        if module in KERNEL:
+            return "kernel"
+        if module in APPLICATION:
+            return "application"
+        raise AssertionError(f"{module} is in neither KERNEL nor APPLICATION: list it")
+    if top == "services" and module.count("."):
+        return ".".join(module.split(".")[:2])
+    return top
+
+
+def allowed(source: str, target: str) -> bool:
+    """Whether an arrow from layer ``source`` to layer ``target`` runs down or sideways."""
+    if source == target or source == "application":
+        return True
+    if source == "schemas":
+        return False
+    if source == "kernel":
+        return target == "schemas"
+    # saga, analytics and each service: the kernel and schemas only, no sibling.
+    return target in ("kernel", "schemas")
+
+
+def back_arrows(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    return {(source, target) for source, targets in graph.items() for target in targets
+            if not allowed(layer(source), layer(target))}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_every_checkout_saga_module_has_a_layer() -> None:
+    for module in project_modules():
+        layer(module)
+
+
+def test_no_import_cycle_between_modules() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_no_new_arrow_runs_back_up() -> None:
+    new = back_arrows(import_graph()) - KNOWN_BACK_ARROWS.keys()
+    assert sorted(new) == []
+
+
+def test_the_known_back_arrows_only_shrink() -> None:
+    gone = KNOWN_BACK_ARROWS.keys() - back_arrows(import_graph())
+    assert sorted(gone) == [], "remove these from KNOWN_BACK_ARROWS"
+
+
+def test_the_checks_see_a_cycle_and_a_back_arrow() -> None:
+    graph = {"schemas.a": {"checkout_saga.kafka"}, "checkout_saga.kafka": {"schemas.a"}}
+    assert cycles(graph) == [["checkout_saga.kafka", "schemas.a"]]
+    assert back_arrows(graph) == {("schemas.a", "checkout_saga.kafka")}
