@@ -37,11 +37,6 @@ JSON_OPT = typer.Option(False, "--json", help="Print JSON for scripts.")
 dlq_app = typer.Typer(help="Dead letters: list them, put them back.", no_args_is_help=True)
 
 
-def _topic_idle(settings: Settings) -> float:
-    """Quiet time a topic read waits once at its watermarks: only where they are not exact."""
-    return 0.0 if settings.checkout_kafka_exact_watermarks else 0.5
-
-
 def _default_operator() -> str:
     try:
         return getpass.getuser()
@@ -167,13 +162,13 @@ def dlq_list(
     stack: bool = typer.Option(False, "--stack", help="Include each error's stack."),
 ) -> None:
     """Show the dead letters of TOPIC: error, where they came from, whether redriven."""
-    from checkout_saga.dlq import dlq_name, list_dead_letters
-    from checkout_saga.topic_reader import TopicUnavailable
+    from checkout_saga.dlq import READ_IDLE_SECONDS, dlq_name, list_dead_letters
+    from checkout_saga.topic_reader import TopicUnavailable, idle_after_end
 
     settings = settings_for_command(db="saga", kafka=True)
     try:
         letters = run(_with_ops_pool(
-            settings, lambda pool: list_dead_letters(pool, settings.kafka, topic, idle=_topic_idle(settings))))
+            settings, lambda pool: list_dead_letters(pool, settings.kafka, topic, idle=idle_after_end(settings, READ_IDLE_SECONDS))))
     except TopicUnavailable as exc:
         err.print(f"[red]dlq: {exc}[/red]")
         raise typer.Exit(2)
@@ -209,9 +204,9 @@ def dlq_redrive(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Put each dead letter of TOPIC back onto its source topic, once."""
-    from checkout_saga.dlq import list_dead_letters, redrive
+    from checkout_saga.dlq import READ_IDLE_SECONDS, list_dead_letters, redrive
     from checkout_saga.kafka import AsyncProducer, producer_config
-    from checkout_saga.topic_reader import TopicUnavailable
+    from checkout_saga.topic_reader import TopicUnavailable, idle_after_end
 
     if offset and partition is None:
         # Every partition has an offset 0: an offset alone would put back one letter of each.
@@ -220,7 +215,7 @@ def dlq_redrive(
     settings = settings_for_command(db="saga", kafka=True)
 
     async def go(pool: Any) -> Any:
-        letters = await list_dead_letters(pool, settings.kafka, topic, idle=_topic_idle(settings))
+        letters = await list_dead_letters(pool, settings.kafka, topic, idle=idle_after_end(settings, READ_IDLE_SECONDS))
         producer = AsyncProducer(producer_config(settings))
         try:
             return await redrive(pool, producer, letters, operator=operator or _default_operator(),

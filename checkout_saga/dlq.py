@@ -124,8 +124,12 @@ async def _redriven(conn: asyncpg.Connection, topic: str) -> dict[tuple[int, int
     return {(r["dlq_partition"], r["dlq_offset"]): (r["digest"], r["redriven_at"]) for r in rows}
 
 
+# Where a topic's watermarks run short (tansu), how long a read waits for nothing new.
+READ_IDLE_SECONDS = 0.5
+
+
 async def list_dead_letters(
-    pool: asyncpg.Pool, bootstrap: str, topic: str, idle: float = 0.5
+    pool: asyncpg.Pool, bootstrap: str, topic: str, idle: float = READ_IDLE_SECONDS
 ) -> list[DeadLetter]:
     name = dlq_name(topic)
     records = await asyncio.to_thread(read_topic, bootstrap, name, idle=idle)

@@ -20,6 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from checkout_saga.errors import CheckoutSagaError
+from checkout_saga.settings import Settings
 
 
 class TopicUnavailable(CheckoutSagaError, RuntimeError):
@@ -64,6 +65,12 @@ def partitions_of(consumer: Consumer, topic: str, timeout: float = 10.0) -> list
     if meta is None or meta.error is not None or not meta.partitions:
         raise TopicUnavailable(f"topic {topic} does not exist")
     return sorted(meta.partitions)
+
+
+def idle_after_end(settings: Settings, idle: float) -> float:
+    """How long a read waits, once at the watermarks, for nothing new to arrive: `idle`
+    where the watermarks run short (tansu), none where they are exact (Apache Kafka)."""
+    return 0.0 if settings.checkout_kafka_exact_watermarks else idle
 
 
 # A partition of a topic created a moment ago may have no leader yet (Apache

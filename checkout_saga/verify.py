@@ -27,7 +27,7 @@ import asyncpg
 
 from checkout_saga.db import create_pool
 from checkout_saga.settings import Settings
-from checkout_saga.topic_reader import Record, TopicUnavailable, read_topic
+from checkout_saga.topic_reader import Record, TopicUnavailable, idle_after_end, read_topic
 from checkout_saga.topics import CHECKOUT_REQUESTED, CHECKOUT_RESULTS, ORDERS_CONFIRMED
 from schemas.contract import TOPIC_EVENT_TYPES, CheckoutRequested
 from schemas.envelope import InvalidEvent, parse_event, session_from_key
@@ -139,13 +139,8 @@ class Facts:
         if not self.options.read_topics:
             raise Skip("topics not read (--skip-topics)")
         return await self.once(f"topic:{topic}", lambda: asyncio.to_thread(  # type: ignore[no-any-return]
-            read_topic, self.settings.kafka, topic, idle=self.topic_idle))
-
-    @property
-    def topic_idle(self) -> float:
-        """How long a topic must stay quiet once its watermarks are reached: only where they
-        are not exact (tansu)."""
-        return 0.0 if self.settings.checkout_kafka_exact_watermarks else self.options.topic_idle
+            read_topic, self.settings.kafka, topic,
+            idle=idle_after_end(self.settings, self.options.topic_idle)))
 
     def old_enough(self, record: Record) -> bool:
         """Written more than ``grace`` seconds ago (its effects are due by now)."""
