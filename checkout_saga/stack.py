@@ -232,7 +232,7 @@ class EmbeddedStack:
         # A cluster's nodes stop together: stopped one by one, the last ones lose their quorum
         # and their controlled shutdown waits for it until killed.
         servers = list(self._servers.values())
-        self._halt_all([s for s in servers if s.name.split("-")[0] == "kafka"][::-1])
+        self._halt_all([s for s in servers if _is_broker(s)][::-1])
         for server in reversed(servers):
             self._halt(server)
         self._servers.clear()
@@ -251,9 +251,7 @@ class EmbeddedStack:
 
     def kill_kafka_node(self, node_id: int) -> None:
         """SIGKILL one node of the cluster (no controlled shutdown, as a crashed machine)."""
-        server = self._servers.get(f"kafka-{node_id}")
-        if server is None:
-            raise RuntimeError(f"kafka node {node_id} is not part of this stack's cluster")
+        server = self._node(node_id)
         proc, server.proc = server.proc, None
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -261,12 +259,16 @@ class EmbeddedStack:
 
     def start_kafka_node(self, node_id: int) -> None:
         """Start a node of the cluster again, on its ports and with its data."""
-        server = self._servers.get(f"kafka-{node_id}")
-        if server is None:
-            raise RuntimeError(f"kafka node {node_id} is not part of this stack's cluster")
+        server = self._node(node_id)
         if server.proc is not None and server.proc.poll() is None:
             return
         self._launch(server)
+
+    def _node(self, node_id: int) -> _Server:
+        server = self._servers.get(f"kafka-{node_id}")
+        if server is None:
+            raise RuntimeError(f"kafka node {node_id} is not part of this stack's cluster")
+        return server
 
     def restart_redis(self) -> None:
         """Stop and start the embedded Redis on the same port: its data is lost."""
@@ -313,7 +315,7 @@ class EmbeddedStack:
         return ",".join(f"127.0.0.1:{server.port}" for server in nodes)
 
     def _kafka_servers(self) -> list[_Server]:
-        nodes = [s for name, s in self._servers.items() if name.split("-")[0] == "kafka"]
+        nodes = [s for s in self._servers.values() if _is_broker(s)]
         if not nodes:
             raise RuntimeError("kafka was not started by this stack")
         return nodes
@@ -376,7 +378,7 @@ class EmbeddedStack:
 
     def _probe(self, server: _Server) -> tuple[Callable[[], bool], float]:
         port = server.port
-        if server.name.split("-")[0] == "kafka":
+        if _is_broker(server):
             answers = kafka_broker.answers if self._is_apache(server) else _tansu_answers
             return (lambda: tcp_open(port) and answers(f"127.0.0.1:{port}")), 60.0
         if server.name == "database":
@@ -518,6 +520,11 @@ class EmbeddedStack:
             code = proc.wait()
         if code != 0:
             raise StackError(f"initdb exited with code {code}; end of {log}:\n{tail(log)}")
+
+
+def _is_broker(server: _Server) -> bool:
+    """The broker, or a node of the cluster ("kafka", "kafka-2")."""
+    return server.name.split("-")[0] == "kafka"
 
 
 def _previous_ports(config: Path) -> tuple[int, int] | None:
