@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # outside the clone (~/.cache/checkout-saga/kafka-<version>); instant once there. Without
 # Java 17 it says so and the embedded stack falls back to tansu.
 kafka: $(STAMP)
-	$(BIN)/python -m checkout_saga.kafka_broker
+	$(BIN)/python -m checkout_saga.embedded.kafka_broker
 
 install: $(STAMP) kafka
 

@@ -33,8 +33,8 @@ from faust.types import EventT
 from analytics import stats
 from analytics.settings import AnalyticsSettings
 from analytics.sinks import Sinks
-from checkout_saga.errors import is_transient
-from checkout_saga.settings import Settings
+from messaging.errors import is_transient
+from messaging.settings import Settings
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("dashboard.html")

@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio
 
-from checkout_saga.db import create_pool
-from checkout_saga.settings import Settings
+from messaging.db import create_pool
+from messaging.settings import Settings
 from services.inventory import admin as inventory_admin
 from services.inventory.gate import RedisStockGate
 

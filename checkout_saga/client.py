@@ -14,8 +14,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from checkout_saga.settings import Settings
-from checkout_saga.topics import CHECKOUT_REQUESTED, CHECKOUT_RESULTS
+from messaging.settings import Settings
+from messaging.topics import CHECKOUT_REQUESTED, CHECKOUT_RESULTS
 from schemas.contract import CheckoutRequested
 from schemas.envelope import encode_event, make_event
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from checkout_saga.metrics import READY, REGISTRY
+from messaging.metrics import READY, REGISTRY
 
 log = logging.getLogger(__name__)
 

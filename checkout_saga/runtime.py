@@ -23,22 +23,22 @@ import asyncpg
 import redis.asyncio
 from confluent_kafka import Message
 
-from checkout_saga import metrics
-from checkout_saga.db import create_pool, migrate
-from checkout_saga.errors import PermanentError, is_transient
-from checkout_saga.kafka import AsyncProducer, consumer_config, producer_config
 from checkout_saga.metrics_server import WorkerObserver
-from checkout_saga.outbox import OutboxRelay
-from checkout_saga.retry import RetryPolicy
-from checkout_saga.service import CommandService
-from checkout_saga.settings import Settings
-from checkout_saga.topic_admin import create_topics, plan_topics
-from checkout_saga.topics import (
+from messaging import metrics
+from messaging.db import create_pool, migrate
+from messaging.errors import PermanentError, is_transient
+from messaging.kafka import AsyncProducer, consumer_config, producer_config
+from messaging.outbox import OutboxRelay
+from messaging.retry import RetryPolicy
+from messaging.service import CommandService
+from messaging.settings import Settings
+from messaging.topic_admin import create_topics, plan_topics
+from messaging.topics import (
     CHECKOUT_REQUESTED,
     COMMAND_TOPICS,
     SAGA_REPLIES,
 )
-from checkout_saga.worker import BatchHandler, ConsumerLoop
+from messaging.worker import BatchHandler, ConsumerLoop
 from saga import schema as saga_schema
 from saga.coordinator import Coordinator, CoordinatorConfig
 from saga.machine import MachineConfig

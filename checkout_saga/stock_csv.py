@@ -11,7 +11,7 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from checkout_saga.errors import OperatorInputError
+from messaging.errors import OperatorInputError
 
 COLUMNS = ("sku", "price", "quantity")
 EXPECTED = {

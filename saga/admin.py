@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from checkout_saga.errors import CheckoutSagaError, PermanentError
+from messaging.errors import CheckoutSagaError, PermanentError
 from saga.coordinator import Coordinator, SagaMovedOn
 from saga.definition import DEFINITIONS
 from saga.state import OperatorAction, OperatorKind, SagaStatus, from_json

@@ -24,13 +24,13 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Message
 
-from checkout_saga import dlq_headers, metrics, tracing
-from checkout_saga.errors import PermanentError, TransientError, is_transient
-from checkout_saga.message import OutgoingMessage
-from checkout_saga.messages import event_message, parse_consumed, parse_message
-from checkout_saga.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql, traced
-from checkout_saga.topics import COMMAND_TOPICS
-from checkout_saga.worker import dead_letter
+from messaging import dlq_headers, metrics, tracing
+from messaging.errors import PermanentError, TransientError, is_transient
+from messaging.message import OutgoingMessage
+from messaging.messages import event_message, parse_consumed, parse_message
+from messaging.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql, traced
+from messaging.topics import COMMAND_TOPICS
+from messaging.worker import dead_letter
 from saga import metrics as saga_metrics
 from saga.commands import build_command
 from saga.definition import CURRENT, DEFINITIONS, SagaDefinition

@@ -1,5 +1,5 @@
 """What one coordinator decision did, counted and timed: the saga's own use of
-the platform metrics (their series stay in ``checkout_saga.metrics``, so every
+the platform metrics (their series stay in ``messaging.metrics``, so every
 worker process exposes them). Here, beside the saga, the platform metrics need
 not know the saga's decisions, and tracing and metrics do not import each other."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from checkout_saga import metrics, tracing
+from messaging import metrics, tracing
 from saga.state import Decision, SendCommand
 
 _ANSWERS = {"succeeded": "succeeded", "failed": "failed", "compensated": "compensated"}

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from checkout_saga.message import OutgoingMessage
-from checkout_saga.messages import event_message, stable_id
-from checkout_saga.topics import CHECKOUT_RESULTS, ORDERS_CONFIRMED
+from messaging.message import OutgoingMessage
+from messaging.messages import event_message, stable_id
+from messaging.topics import CHECKOUT_RESULTS, ORDERS_CONFIRMED
 from saga.definition import CURRENT
 from saga.state import Failure, SagaState, SagaStatus
 from schemas.contract import (

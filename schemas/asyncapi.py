@@ -52,7 +52,7 @@ Action = Literal["send", "receive"]
 
 # The contract's topic table, seen from the checkout saga: who writes each
 # topic and who reads it. A test checks it against the topics our workers
-# actually consume (checkout_saga.topics.CONSUMED).
+# actually consume (messaging.topics.CONSUMED).
 _TOPICS: Final[dict[str, tuple[Action, str]]] = {
     CHECKOUT_REQUESTED: ("receive", "Written by the cart to start a checkout; read by the saga."),
     CHECKOUT_RESULTS: ("send", "The outcome of every checkout, for the cart."),
@@ -79,7 +79,7 @@ _SUMMARIES: Final[dict[str, str]] = {
     "ReturnReceived": "The warehouse received a returned order.",
 }
 
-# The headers `checkout_saga.worker.dead_letter` writes; a test keeps them equal.
+# The headers `messaging.worker.dead_letter` writes; a test keeps them equal.
 DEAD_LETTER_HEADERS: Final[dict[str, str]] = {
     "dlq.error": "The error, as `Class: message`.",
     "dlq.error.class": "The error's class name.",

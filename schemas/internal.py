@@ -2,7 +2,7 @@
 
 They travel in the same CloudEvents envelope as external events, keyed by
 checkout session id, on topics the contract does not name (see
-``checkout_saga.topics``). Commands are imperative; each service answers every
+``messaging.topics``). Commands are imperative; each service answers every
 command with one ``CommandReply`` whose ``command`` names what it answers.
 """
 

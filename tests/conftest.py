@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import Bus, checkout_event, cli, stop_process, uid
 
-from checkout_saga.stack import EmbeddedStack, endpoints_from_env
-from checkout_saga.supervisor import settings_env
+from checkout_saga.embedded.stack import EmbeddedStack, endpoints_from_env
+from checkout_saga.ops.supervisor import settings_env
 
 
 @dataclass

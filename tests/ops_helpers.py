@@ -21,11 +21,11 @@ from click.testing import Result
 from helpers import cli, stop_process
 from typer.testing import CliRunner
 
-from checkout_saga.chaos import settings_from
+from checkout_saga.embedded.stack import EmbeddedStack
+from checkout_saga.ops.chaos import settings_from
+from checkout_saga.ops.supervisor import settings_env
 from checkout_saga.runtime import prepare
-from checkout_saga.settings import Settings
-from checkout_saga.stack import EmbeddedStack
-from checkout_saga.supervisor import settings_env
+from messaging.settings import Settings
 
 FAST = {
     "CHECKOUT_PAYMENT_TIMEOUT_SECONDS": "2",
@@ -115,7 +115,7 @@ class OwnStack:
 
 def invoke(env: dict[str, str], *args: str, code: int | None = 0) -> Result:
     """`checkout-saga ARGS` run in this process (no interpreter start-up)."""
-    from checkout_saga.cli import app
+    from checkout_saga.cli.app import app
 
     result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
     if code is not None:

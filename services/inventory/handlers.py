@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import asyncpg
 
-from checkout_saga.errors import TransientError, is_transient
-from checkout_saga.service import Outcome, Route, failed, ok
-from checkout_saga.topics import ORDERS_REPLIES
+from messaging.errors import TransientError, is_transient
+from messaging.service import Outcome, Route, failed, ok
+from messaging.topics import ORDERS_REPLIES
 from schemas.contract import LineItem
 from schemas.internal import Command, CommitStock, ReleaseStock, ReserveStock, RestockOrder
 from services.inventory import store

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from checkout_saga.service import Outcome, Route, failed, ok
+from messaging.service import Outcome, Route, failed, ok
 from schemas.internal import Command, CommitStock, ReserveStock
 from services.inventory import store
 from services.inventory.handlers import InventoryHandlers, lines_of

@@ -9,7 +9,7 @@ from typing import AbstractSet as Set
 
 import asyncpg
 
-from checkout_saga.errors import TransientError
+from messaging.errors import TransientError
 from services.inventory.rules import Line, in_sku_order
 
 

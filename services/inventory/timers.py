@@ -7,7 +7,7 @@ import logging
 
 import asyncpg
 
-from checkout_saga.errors import is_transient
+from messaging.errors import is_transient
 from services.inventory import store
 from services.inventory.gate import StockGate
 from services.inventory.hot import HoldState, HotConfig, Reconciliation, reconcile

@@ -26,11 +26,11 @@ import asyncpg
 from confluent_kafka import Message
 from pydantic import BaseModel
 
-from checkout_saga.errors import PermanentError, TransientError
-from checkout_saga.message import OutgoingMessage
-from checkout_saga.messages import event_message, parse_message
-from checkout_saga.outbox import OutboxRelay, enqueue
-from checkout_saga.topics import FULFILLMENT_EVENTS, ORDERS_EVENTS, ORDERS_REPLIES, ORDERS_REQUESTS
+from messaging.errors import PermanentError, TransientError
+from messaging.message import OutgoingMessage
+from messaging.messages import event_message, parse_message
+from messaging.outbox import OutboxRelay, enqueue
+from messaging.topics import FULFILLMENT_EVENTS, ORDERS_EVENTS, ORDERS_REPLIES, ORDERS_REQUESTS
 from schemas.contract import (
     TOPIC_EVENT_TYPES,
     CancelOrderRequested,

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 
 import asyncpg
 
-from checkout_saga.errors import PermanentError
-from checkout_saga.message import OutgoingMessage
-from checkout_saga.messages import event_message
-from checkout_saga.service import Outcome, Route, failed, ok
-from checkout_saga.topics import ORDERS_EVENTS
+from messaging.errors import PermanentError
+from messaging.message import OutgoingMessage
+from messaging.messages import event_message
+from messaging.service import Outcome, Route, failed, ok
+from messaging.topics import ORDERS_EVENTS
 from schemas.contract import OrderCancelled, OrderStatusChanged
 from schemas.internal import CancelOrder, Command, ConfirmOrder, CreateOrder
 from services.orders import store

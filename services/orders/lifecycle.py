@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from checkout_saga.errors import CheckoutSagaError
+from messaging.errors import CheckoutSagaError
 
 
 class OrderStatus(StrEnum):

@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 
-from checkout_saga.errors import PermanentError
-from checkout_saga.message import OutgoingMessage
-from checkout_saga.messages import event_message
-from checkout_saga.outbox import OutboxRelay, enqueue
-from checkout_saga.topics import INVENTORY_COMMANDS, ORDERS_EVENTS, PAYMENT_COMMANDS
+from messaging.errors import PermanentError
+from messaging.message import OutgoingMessage
+from messaging.messages import event_message
+from messaging.outbox import OutboxRelay, enqueue
+from messaging.topics import INVENTORY_COMMANDS, ORDERS_EVENTS, PAYMENT_COMMANDS
 from schemas.contract import LineItem, OrderCancelled, OrderReturned
 from schemas.internal import CommandReply, RefundPayment, RestockOrder
 from services.orders import store

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from checkout_saga.errors import CheckoutSagaError
+from messaging.errors import CheckoutSagaError
 from schemas.internal import CreateOrder
 from services.orders.lifecycle import IllegalTransition, OrderStatus, can_move
 

@@ -24,8 +24,8 @@ from typing import Protocol
 
 import asyncpg
 
-from checkout_saga.coalesce import Coalescer
-from checkout_saga.errors import TransientError
+from messaging.coalesce import Coalescer
+from messaging.errors import TransientError
 
 
 class GatewayUnavailable(TransientError):

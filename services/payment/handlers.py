@@ -19,8 +19,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from checkout_saga.service import Outcome, Route, failed, ok
-from checkout_saga.topics import ORDERS_REPLIES
+from messaging.service import Outcome, Route, failed, ok
+from messaging.topics import ORDERS_REPLIES
 from schemas.internal import (
     AuthorizePayment,
     CapturePayment,

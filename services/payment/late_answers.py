@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from checkout_saga.outbox import OutboxRelay, Written, enqueue
-from checkout_saga.service import reply_message
+from messaging.outbox import OutboxRelay, Written, enqueue
+from messaging.service import reply_message
 from services.payment.gateway import PaymentGateway, Pending
 from services.payment.handlers import record_answer
 

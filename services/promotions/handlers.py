@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from checkout_saga.errors import TransientError
-from checkout_saga.service import Outcome, Route, failed, ok
+from messaging.errors import TransientError
+from messaging.service import Outcome, Route, failed, ok
 from schemas.internal import ApplyPromo, Command, ReleasePromo
 from services.promotions import store
 from services.promotions.gate import Admission, UsageGate

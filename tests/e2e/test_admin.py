@@ -19,8 +19,8 @@ from typing import Any
 
 from ops_helpers import OwnStack
 
-from checkout_saga.chaos import PRICE, seed
 from checkout_saga.client import Cart, checkout_request
+from checkout_saga.ops.chaos import PRICE, seed
 
 NO_INVENTORY = ("coordinator", "orders", "payment", "promotions", "timers")
 

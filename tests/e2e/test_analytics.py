@@ -20,7 +20,7 @@ import pytest
 from conftest import poll_until
 from helpers import Bus, checkout_event, cli, cli_json, uid
 
-from checkout_saga.stack import free_port
+from checkout_saga.embedded.stack import free_port
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from checkout_saga.chaos import ChaosPlan, ChaosReport, run_chaos
-from checkout_saga.kafka_broker import find_java
+from checkout_saga.embedded.kafka_broker import find_java
+from checkout_saga.ops.chaos import ChaosPlan, ChaosReport, run_chaos
 
 URL_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")
 # tansu keeps nothing over a restart: these faults are Apache Kafka's to survive.

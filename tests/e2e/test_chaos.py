@@ -19,7 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-from checkout_saga.chaos import (
+from checkout_saga.client import Cart, checkout_request
+from checkout_saga.embedded.stack import EmbeddedStack
+from checkout_saga.ops.chaos import (
     ChaosPlan,
     check_outcomes,
     outcome_of,
@@ -29,11 +31,9 @@ from checkout_saga.chaos import (
     settings_from,
     wait_quiet,
 )
-from checkout_saga.client import Cart, checkout_request
+from checkout_saga.ops.supervisor import Supervisor, settings_env
+from checkout_saga.ops.verify import VerifyOptions, verify
 from checkout_saga.runtime import prepare
-from checkout_saga.stack import EmbeddedStack
-from checkout_saga.supervisor import Supervisor, settings_env
-from checkout_saga.verify import VerifyOptions, verify
 
 URL_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import asyncpg
 from ops_helpers import OwnStack
 
-from checkout_saga.chaos import PRICE, seed
 from checkout_saga.client import Cart, checkout_request
+from checkout_saga.ops.chaos import PRICE, seed
 
 STOP_BUDGET_SECONDS = 10.0
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from helpers import cli, cli_json, uid
 from ops_helpers import invoke
 
-from checkout_saga.cli_console import ORDER
-from checkout_saga.topics import all_topics
+from checkout_saga.cli.console import ORDER
+from messaging.topics import all_topics
 
 WIDE_HELP = {"COLUMNS": "100"}
 

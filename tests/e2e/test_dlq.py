@@ -13,8 +13,8 @@ from conftest import poll_until
 from helpers import Bus, checkout_event, cli, uid
 from ops_helpers import invoke
 
-from checkout_saga.messages import event_message
-from checkout_saga.topics import SAGA_REPLIES
+from messaging.messages import event_message
+from messaging.topics import SAGA_REPLIES
 from schemas.internal import REPLY_TYPE, CommandReply
 
 

@@ -23,9 +23,9 @@ import redis.asyncio
 from conftest import Stack, Workers
 from helpers import Bus, checkout_event, cli, cli_json, uid
 
+from checkout_saga.embedded.stack import EmbeddedStack
+from checkout_saga.ops.supervisor import settings_env
 from checkout_saga.runtime import ROLES
-from checkout_saga.stack import EmbeddedStack
-from checkout_saga.supervisor import settings_env
 from saga import queries as saga_queries
 from schemas.contract import LineItem
 from schemas.internal import ReserveStock

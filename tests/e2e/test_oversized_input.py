@@ -15,9 +15,9 @@ import pytest
 from confluent_kafka import Producer
 from helpers import Bus, checkout_event, cli, uid
 
-from checkout_saga.dead_letters import ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
-from checkout_saga.kafka import DEFAULT_MESSAGE_MAX_BYTES
-from checkout_saga.topics import (
+from messaging.dead_letters import ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
+from messaging.kafka import DEFAULT_MESSAGE_MAX_BYTES
+from messaging.topics import (
     CHECKOUT_REQUESTED,
     FULFILLMENT_EVENTS,
     INVENTORY_COMMANDS,

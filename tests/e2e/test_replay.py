@@ -22,11 +22,11 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 from ops_helpers import OwnStack
 
-from checkout_saga.chaos import plan_checkouts, seed, wait_quiet
 from checkout_saga.client import Cart, checkout_request
-from checkout_saga.replay import replay
-from checkout_saga.topic_reader import read_topic
-from checkout_saga.topics import CHECKOUT_REQUESTED, CONSUMED, GROUPS, ORDERS_CONFIRMED
+from checkout_saga.ops.chaos import plan_checkouts, seed, wait_quiet
+from checkout_saga.ops.replay import replay
+from messaging.topic_reader import read_topic
+from messaging.topics import CHECKOUT_REQUESTED, CONSUMED, GROUPS, ORDERS_CONFIRMED
 
 
 def snapshot(own: OwnStack) -> dict[str, Any]:

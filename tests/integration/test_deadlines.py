@@ -10,10 +10,10 @@ import pytest
 from confluent_kafka import Message
 from helpers import checkout_event, uid
 
-from checkout_saga.db import create_pool, migrate
-from checkout_saga.outbox import Written
 from checkout_saga.runtime import DDL
-from checkout_saga.topics import CHECKOUT_REQUESTED
+from messaging.db import create_pool, migrate
+from messaging.outbox import Written
+from messaging.topics import CHECKOUT_REQUESTED
 from saga.coordinator import Coordinator, CoordinatorConfig
 from saga.machine import MachineConfig
 

@@ -34,13 +34,13 @@ from helpers import checkout_event, order_event
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from checkout_saga.db import create_pool, migrate
-from checkout_saga.errors import PermanentError
-from checkout_saga.messages import event_message
-from checkout_saga.outbox import KeptOutbox, OutboxRelay
 from checkout_saga.runtime import DDL
-from checkout_saga.service import CommandService
-from checkout_saga.topics import (
+from messaging.db import create_pool, migrate
+from messaging.errors import PermanentError
+from messaging.messages import event_message
+from messaging.outbox import KeptOutbox, OutboxRelay
+from messaging.service import CommandService
+from messaging.topics import (
     CHECKOUT_REQUESTED,
     COMMAND_TOPICS,
     FULFILLMENT_EVENTS,

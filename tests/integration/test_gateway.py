@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from checkout_saga.db import create_pool, migrate
 from checkout_saga.runtime import DDL
+from messaging.db import create_pool, migrate
 from services.payment.gateway import (
     Approved,
     Declined,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from helpers import cli_json
 
-from checkout_saga.bench_inventory import BASELINE, run_bench
-from checkout_saga.settings import Settings
+from checkout_saga.dev.bench_inventory import BASELINE, run_bench
+from messaging.settings import Settings
 
 
 async def test_bench_runs_every_scenario_without_overselling(stack) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio
 from helpers import uid
 
-from checkout_saga.db import migrate
+from messaging.db import migrate
 from schemas.contract import LineItem
 from schemas.internal import CommitStock, ReleaseStock, ReserveStock
 from services.inventory import admin, schema, store

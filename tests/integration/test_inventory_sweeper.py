@@ -15,7 +15,7 @@ import asyncpg
 import redis.asyncio
 from helpers import uid
 
-from checkout_saga.db import migrate
+from messaging.db import migrate
 from services.inventory import schema
 from services.inventory.gate import RedisStockGate, holders_key, stock_key
 from services.inventory.timers import sweep_holds

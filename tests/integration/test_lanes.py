@@ -20,16 +20,16 @@ from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from helpers import Bus, checkout_event, uid
 
-from checkout_saga import tracing
-from checkout_saga.db import create_pool, migrate
-from checkout_saga.errors import PermanentError
-from checkout_saga.kafka import AsyncProducer
-from checkout_saga.messages import event_message
-from checkout_saga.outbox import KeptOutbox, OutboxRelay, Written
 from checkout_saga.runtime import DDL
-from checkout_saga.service import CommandService
-from checkout_saga.topics import CHECKOUT_REQUESTED, COMMAND_TOPICS, SAGA_REPLIES, dlq_topic
-from checkout_saga.worker import ConsumerLoop
+from messaging import tracing
+from messaging.db import create_pool, migrate
+from messaging.errors import PermanentError
+from messaging.kafka import AsyncProducer
+from messaging.messages import event_message
+from messaging.outbox import KeptOutbox, OutboxRelay, Written
+from messaging.service import CommandService
+from messaging.topics import CHECKOUT_REQUESTED, COMMAND_TOPICS, SAGA_REPLIES, dlq_topic
+from messaging.worker import ConsumerLoop
 from saga.coordinator import Coordinator, CoordinatorConfig
 from saga.machine import MachineConfig
 from saga.outcomes import order_id_for

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 from helpers import uid
 
-from checkout_saga.db import create_pool, migrate
 from checkout_saga.runtime import DDL
+from messaging.db import create_pool, migrate
 from schemas.contract import CancelOrderRequested, OrderShipped
 from schemas.internal import AuthorizePayment, CapturePayment, CommandReply, RefundPayment
 from services.orders import settlement

@@ -7,8 +7,8 @@ good is quarantined and the rows behind it are published."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -16,12 +16,12 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from helpers import Bus, uid
 
-from checkout_saga import metrics
-from checkout_saga.db import create_pool, messaging_ddl
-from checkout_saga.dead_letters import ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
-from checkout_saga.kafka import AsyncProducer
-from checkout_saga.message import OutgoingMessage
-from checkout_saga.outbox import OutboxRelay, enqueue
+from messaging import metrics
+from messaging.db import create_pool, messaging_ddl
+from messaging.dead_letters import ORIGINAL_SHA256, ORIGINAL_SIZE, TRUNCATED
+from messaging.kafka import AsyncProducer
+from messaging.message import OutgoingMessage
+from messaging.outbox import OutboxRelay, enqueue
 from schemas.contract import dlq_topic
 
 SCHEMA = "relaytest"

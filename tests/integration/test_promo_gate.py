@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio
 from helpers import uid
 
-from checkout_saga.db import create_pool, migrate
-from checkout_saga.errors import TransientError
+from messaging.db import create_pool, migrate
+from messaging.errors import TransientError
 from schemas.contract import LineItem
 from schemas.internal import ApplyPromo, CommandReply, ReleasePromo
 from schemas.limits import MAX_AMOUNT

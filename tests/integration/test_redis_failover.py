@@ -21,11 +21,11 @@ from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from helpers import uid
 
-from checkout_saga.errors import is_transient
-from checkout_saga.kafka import AsyncProducer
-from checkout_saga.stack import free_port
-from checkout_saga.topics import dlq_topic
-from checkout_saga.worker import ConsumerLoop
+from checkout_saga.embedded.stack import free_port
+from messaging.errors import is_transient
+from messaging.kafka import AsyncProducer
+from messaging.topics import dlq_topic
+from messaging.worker import ConsumerLoop
 from services.inventory.gate import RedisStockGate
 from services.inventory.hot import Admission as StockAdmission
 from services.inventory.rules import Line

@@ -30,8 +30,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewTopic is
     NewTopic,
 )
 
-from checkout_saga import stack as stack_module
-from checkout_saga.stack import (
+from checkout_saga.embedded import stack as stack_module
+from checkout_saga.embedded.stack import (
     EmbeddedStack,
     Endpoints,
     StackError,
@@ -216,7 +216,7 @@ def test_the_broker_is_chosen_by_setting_and_by_what_java_there_is(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     no_java = {"PATH": str(tmp_path)}  # an empty folder: no java on PATH, no JAVA_HOME
-    with caplog.at_level(logging.WARNING, logger="checkout_saga.stack"):
+    with caplog.at_level(logging.WARNING, logger="checkout_saga.embedded.stack"):
         assert choose_broker(None, no_java) == ("tansu", None)
     assert [r.getMessage() for r in caplog.records if "no Java 17+ found" in r.getMessage()]
     assert choose_broker("tansu", os.environ) == ("tansu", None)
@@ -349,7 +349,7 @@ def test_servers_outlive_the_thread_that_started_them(tmp_path: Path) -> None:
 def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import pathlib, sys, time
-        from checkout_saga.stack import EmbeddedStack
+        from checkout_saga.embedded.stack import EmbeddedStack
         EmbeddedStack(pathlib.Path({str(tmp_path)!r})).start()
         sys.stdout.write("ready\\n"); sys.stdout.flush()
         time.sleep(600)

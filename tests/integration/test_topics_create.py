@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from helpers import cli_json
 
-from checkout_saga.stack import EmbeddedStack
-from checkout_saga.topics import all_topics
+from checkout_saga.embedded.stack import EmbeddedStack
+from messaging.topics import all_topics
 
 
 @pytest.fixture

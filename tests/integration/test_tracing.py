@@ -24,10 +24,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from checkout_saga import logs, tracing
+from checkout_saga.embedded.stack import EmbeddedStack
 from checkout_saga.runtime import Runtime
-from checkout_saga.settings import Settings
-from checkout_saga.stack import EmbeddedStack
+from messaging import logs, tracing
+from messaging.settings import Settings
 
 STEPS = ("reserve_stock", "create_order", "authorize_payment", "commit_stock", "capture_payment",
          "confirm_order")

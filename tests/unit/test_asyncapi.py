@@ -11,8 +11,8 @@ import pytest
 import yaml
 from confluent_kafka import Message
 
-from checkout_saga.topics import CONSUMED
-from checkout_saga.worker import dead_letter
+from messaging.topics import CONSUMED
+from messaging.worker import dead_letter
 from schemas.asyncapi import (
     DEAD_LETTER_HEADERS,
     DEFAULT_PATH,

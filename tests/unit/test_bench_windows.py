@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checkout_saga.bench import Run, windows
+from checkout_saga.dev.bench import Run, windows
 
 
 def test_results_are_counted_per_window_from_the_first_send() -> None:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from checkout_saga.chaos import SHOULD_SUCCEED, ChaosPlan, check_plan, goodput, plan_checkouts
+from checkout_saga.ops.chaos import SHOULD_SUCCEED, ChaosPlan, check_plan, goodput, plan_checkouts
 
 
 def result(kind: str) -> dict[str, object]:

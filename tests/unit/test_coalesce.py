@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from checkout_saga.coalesce import Coalescer
+from messaging.coalesce import Coalescer
 
 
 async def within(aw):  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
-from checkout_saga.worker import ConsumerLoop, _Dispatch, _next_offsets
+from messaging.worker import ConsumerLoop, _Dispatch, _next_offsets
 
 
 @dataclass

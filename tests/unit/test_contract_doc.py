@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from checkout_saga.topics import all_topics
+from messaging.topics import all_topics
 from schemas.contract import EVENT_MODELS, TOPIC_EVENT_TYPES, FailureReason
 from schemas.envelope import encode_event, parse_event
 from schemas.examples import examples, markdown

@@ -1,4 +1,4 @@
-"""Dead letters always fit the producer's limit (checkout_saga/dead_letters.py):
+"""Dead letters always fit the producer's limit (messaging/dead_letters.py):
 the original bytes when they fit, else a truncated copy with the original's
 size and digest; error and stack headers bounded whatever the error."""
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checkout_saga.dead_letters import (
+from messaging.dead_letters import (
     ERROR_BYTES,
     KEY_BYTES,
     ORIGINAL_KEY_SIZE,
@@ -27,8 +27,8 @@ from checkout_saga.dead_letters import (
     tail,
     wire_size,
 )
-from checkout_saga.kafka import DEFAULT_MESSAGE_MAX_BYTES
-from checkout_saga.message import OutgoingMessage
+from messaging.kafka import DEFAULT_MESSAGE_MAX_BYTES
+from messaging.message import OutgoingMessage
 
 LIMIT = DEFAULT_MESSAGE_MAX_BYTES
 

@@ -19,7 +19,7 @@ import yaml
 
 from analytics.settings import AnalyticsSettings
 from checkout_saga.runtime import ROLES
-from checkout_saga.settings import Settings
+from messaging.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -141,7 +141,7 @@ def test_grafana_is_provisioned_with_the_dashboard_on_that_datasource() -> None:
 
 def exported_series() -> set[str]:
     """Every series name the workers' registry can expose, children or not."""
-    from checkout_saga.metrics import REGISTRY
+    from messaging.metrics import REGISTRY
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
                 "gauge": ("",), "summary": ("_sum", "_count", "")}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checkout_saga.dlq import dlq_name
+from checkout_saga.ops.dlq import dlq_name
 from schemas.contract import dlq_source, dlq_topic, is_dlq_topic
 
 

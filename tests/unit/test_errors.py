@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis.exceptions as r
 
-from checkout_saga.errors import PermanentError, is_transient
+from messaging.errors import PermanentError, is_transient
 
 SCRIPT = "Error running script (call to f_0123): @user_script:8: @user_script: 8: "
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from checkout_saga.kafka_broker import (
+from checkout_saga.embedded.kafka_broker import (
     KAFKA_VERSION,
     find_java,
     kafka_home,

@@ -1,4 +1,4 @@
-"""Kafka errors are classified (checkout_saga.errors.kafka_error): refusals
+"""Kafka errors are classified (messaging.errors.kafka_error): refusals
 of one message are permanent, the cluster's state is transient, a fatal
 client error is neither."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError
 
-from checkout_saga.errors import (
+from messaging.errors import (
     KafkaFatalError,
     MessageRefused,
     PermanentError,

@@ -7,7 +7,7 @@ import random
 import pytest
 from confluent_kafka import Message
 
-from checkout_saga.worker import deal
+from messaging.worker import deal
 
 
 def groups_of(*sizes: int) -> list[list[Message]]:

@@ -21,8 +21,8 @@ BUILTIN = frozenset({"Exception", "BaseException", "RuntimeError", "ValueError",
                      "LookupError", "KeyError", "TypeError", "OSError"})
 
 
-@pytest.mark.parametrize("module", ["checkout_saga.errors", "checkout_saga.message",
-                                    "checkout_saga.messages", "saga.outcomes"])
+@pytest.mark.parametrize("module", ["messaging.errors", "messaging.message",
+                                    "messaging.messages", "saga.outcomes"])
 def test_importing_loads_no_driver(module: str) -> None:
     loaded = subprocess.run(
         [sys.executable, "-c", f"import sys, {module}; print(' '.join(sys.modules))"],
@@ -38,7 +38,7 @@ def test_every_exception_class_derives_from_the_tree() -> None:
             if not isinstance(node, ast.ClassDef) or node.name in NOT_IN_THE_TREE:
                 continue
             bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
-            if bases & BUILTIN and not bases - BUILTIN and module != "checkout_saga.errors":
+            if bases & BUILTIN and not bases - BUILTIN and module != "messaging.errors":
                 outside.append(f"{module}.{node.name}")
     assert outside == []
 
@@ -46,7 +46,7 @@ def test_every_exception_class_derives_from_the_tree() -> None:
 def test_a_driver_error_is_classified_once_its_driver_is_loaded() -> None:
     import asyncpg
 
-    from checkout_saga.errors import is_transient
+    from messaging.errors import is_transient
 
     assert is_transient(asyncpg.SerializationError("could not serialize access"))
     assert is_transient(asyncpg.exceptions.InternalClientError("cannot switch to state 15"))

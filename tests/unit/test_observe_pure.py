@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from analytics import stats
-from checkout_saga.cli_observe import duration, timeline
+from checkout_saga.cli.observe import duration, timeline
 
 
 def event(type_: str, data: dict[str, object], id_: str = "e1") -> bytes:

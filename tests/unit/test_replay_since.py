@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from checkout_saga.replay import PartitionPlan, ReplayError, groups_for, parse_since
-from checkout_saga.topics import CHECKOUT_REQUESTED, GROUPS, ORDERS_REQUESTS, SAGA_REPLIES
+from checkout_saga.ops.replay import PartitionPlan, ReplayError, groups_for, parse_since
+from messaging.topics import CHECKOUT_REQUESTED, GROUPS, ORDERS_REQUESTS, SAGA_REPLIES
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 

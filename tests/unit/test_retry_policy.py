@@ -1,4 +1,4 @@
-"""When a transiently failing message is given up (checkout_saga/retry.py):
+"""When a transiently failing message is given up (messaging/retry.py):
 only with its budget spent AND evidence that other messages succeed, so an
 outage (nothing succeeds) never empties a topic into its dead letters."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkout_saga.retry import RetryPolicy
+from messaging.retry import RetryPolicy
 
 POLICY = RetryPolicy(attempts=10, seconds=60.0)
 

@@ -12,17 +12,17 @@ from typing import Any
 
 import pytest
 
-from checkout_saga.message import OutgoingMessage
-from checkout_saga.messages import event_message, stable_id
+from messaging.message import OutgoingMessage
+from messaging.messages import event_message, stable_id
 from saga.commands import BUILDERS, build_command
 from saga.definition import CHECKOUT_V1, DEFINITIONS
 from saga.machine import MachineConfig, decide
 from saga.outcomes import (
     SOURCE,
     initial_context,
-    rejected,
     order_confirmed,
     order_id_for,
+    rejected,
     result_messages,
 )
 from saga.state import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkout_saga.settings import Settings
+from messaging.settings import Settings
 
 SERVICES = ("inventory", "payment", "orders", "saga", "promotions")
 

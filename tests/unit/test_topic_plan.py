@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from checkout_saga.settings import Settings
-from checkout_saga.topic_admin import plan_topics
-from checkout_saga.topics import EXTERNAL, INTERNAL, all_topics
+from messaging.settings import Settings
+from messaging.topic_admin import plan_topics
+from messaging.topics import EXTERNAL, INTERNAL, all_topics
 
 
 def test_plan_covers_every_topic_once() -> None:

@@ -1,0 +1,1 @@
+"""The embedded stack and what runs on it for development: demo, bench."""

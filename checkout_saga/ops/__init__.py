@@ -1,0 +1,1 @@
+"""Operator tools: verify, replay, dead letters, chaos, the supervisor of `up`."""

@@ -1,0 +1,1 @@
+"""The messaging kernel: what saga/, services/ and analytics/ stand on."""
