@@ -32,7 +32,7 @@ from faust.types import EventT
 
 from analytics import stats
 from analytics.settings import AnalyticsSettings
-from analytics.sinks import Sinks
+from analytics.sinks import HotMarker, Sinks
 from messaging.errors import is_transient
 from messaging.settings import Settings
 
@@ -56,10 +56,10 @@ def windowed_items(wrapper: Any) -> dict[tuple[str, float], Any]:
 class Analytics:
     """The faust app and its tables; ``summary()`` feeds the dashboard."""
 
-    def __init__(self, settings: Settings, options: AnalyticsSettings) -> None:
+    def __init__(self, settings: Settings, options: AnalyticsSettings, hot: HotMarker) -> None:
         self.settings = settings
         self.options = options
-        self.sinks = Sinks(settings, options.stuck_after_seconds)
+        self.sinks = Sinks(settings, hot, options.stuck_after_seconds)
         self.processed = 0
         # SKUs inventory does not know: not asked again before this time.
         self._unknown_until: dict[str, float] = {}

@@ -1,35 +1,41 @@
-"""What the analytics app reads from and writes to PostgreSQL: the hot mark
+"""What the analytics app reads from and writes to the stores: the hot mark
 for inventory, and the sagas that look stuck for the dashboard.
 
-The hot mark goes through the same call as an operator's ``stock hot SKU
---on`` (``services.inventory.admin.mark_hot``): the ``hot`` column of
-``inventory.products``, and the SKU's Redis counter built from PostgreSQL at
-once. Inventory decides what a hot SKU means (its Redis gate); the analytics
-only say "this SKU is in demand".
+The hot mark is a port (``HotMarker``): the composition root hands in the
+same call as an operator's ``stock hot SKU --on``
+(``checkout_saga.hot_marker``). Inventory decides what a hot SKU means (its
+Redis gate); the analytics only say "this SKU is in demand", and do not know
+inventory's tables.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
-import redis.asyncio
 
 from messaging.db import create_pool
 from messaging.settings import Settings
-from services.inventory import admin as inventory_admin
-from services.inventory.gate import RedisStockGate
+
+
+class HotMarker(Protocol):
+    """Marks a SKU hot in inventory; False when inventory does not know the SKU."""
+
+    async def mark_hot(self, sku: str) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 class Sinks:
-    def __init__(self, settings: Settings, stuck_after_seconds: float, cache_seconds: float = 1.0) -> None:
+    def __init__(self, settings: Settings, hot: HotMarker, stuck_after_seconds: float,
+                 cache_seconds: float = 1.0) -> None:
         self._settings = settings
+        self._hot = hot
         self._stuck_after = stuck_after_seconds
         self._cache_seconds = cache_seconds
         self._pools: dict[str, asyncpg.Pool] = {}
-        self._redis: redis.asyncio.Redis | None = None
         self._stuck: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     async def _pool(self, schema: str) -> asyncpg.Pool:
@@ -37,16 +43,9 @@ class Sinks:
             self._pools[schema] = await create_pool(self._settings.dsn_for(schema), 2)
         return self._pools[schema]
 
-    def _gate(self) -> RedisStockGate | None:
-        if self._redis is None and self._settings.redis_url:
-            self._redis = redis.asyncio.from_url(self._settings.redis_url)
-        return RedisStockGate(self._redis) if self._redis is not None else None
-
     async def mark_hot(self, sku: str) -> bool:
         """Mark a SKU hot; False when inventory does not know the SKU."""
-        pool = await self._pool("inventory")
-        async with pool.acquire() as conn:
-            return await inventory_admin.mark_hot(conn, self._gate(), sku, True)
+        return await self._hot.mark_hot(sku)
 
     async def stuck_sagas(self, limit: int = 20) -> list[dict[str, Any]]:
         """Sagas marked stuck, or RUNNING/COMPENSATING and untouched for a while
@@ -71,9 +70,7 @@ class Sinks:
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        await self._hot.close()
 
 
 def _stuck_row(row: asyncpg.Record) -> dict[str, Any]:

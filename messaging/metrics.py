@@ -2,8 +2,11 @@
 hooks the shared code calls. The HTTP server that serves them (with
 ``/healthz`` and ``/readyz``) is ``checkout_saga.metrics_server``.
 
-Metric names are listed in docs/architecture.md. Figures are per process;
-sum them across processes (gauges sampled by every timers process, like
+Only the generic series live here (messages handled, retries, dead letters,
+outbox, consumer lag, readiness); the saga's are in ``saga.metrics`` and
+inventory's in ``services.inventory.metrics``, on this registry. Metric names
+are listed in docs/architecture.md. Figures are per process; sum them across
+processes (gauges sampled by every timers process, like
 ``checkout_holds_live``, are the same figure: take the max).
 """
 
@@ -15,7 +18,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import asyncpg
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -39,31 +41,7 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
-_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-# ---- the saga (coordinator) ----------------------------------------------------
-SAGAS_STARTED = Counter("checkout_sagas_started", "Checkout sagas started.", registry=REGISTRY)
-SAGAS_SUCCEEDED = Counter("checkout_sagas_succeeded", "Checkout sagas that succeeded.",
-                          registry=REGISTRY)
-SAGAS_FAILED = Counter("checkout_sagas_failed", "Checkout sagas that failed, by reason.",
-                       ["reason"], registry=REGISTRY)
-COMPENSATIONS = Counter("checkout_saga_compensations",
-                        "Compensations that succeeded (a step undone), by step.", ["step"],
-                        registry=REGISTRY)
-COMPENSATIONS_DEAD = Counter("checkout_saga_compensations_dead_lettered",
-                             "Compensations given up and dead-lettered (saga stuck), by step.",
-                             ["step"], registry=REGISTRY)
-STEP_TIMEOUTS = Counter("checkout_saga_step_timeouts",
-                        "Step deadlines that passed (re-sent or failed), by step.", ["step"],
-                        registry=REGISTRY)
-STEP_SECONDS = Histogram("checkout_saga_step_duration_seconds",
-                         "From a step's command to its answer, by step and outcome "
-                         "(succeeded, failed, compensated).", ["step", "outcome"],
-                         buckets=_STEP_BUCKETS, registry=REGISTRY)
-SAGAS_IN_FLIGHT = Gauge("checkout_sagas_in_flight",
-                        "Sagas not finished, by status (RUNNING, COMPENSATING, STUCK); "
-                        "sampled by the timers role.", ["status"], registry=REGISTRY)
 
 # ---- messaging (every consumer loop and outbox relay) ------------------------------
 HANDLED = Counter("checkout_messages_handled", "Messages handled, by worker and topic.",
@@ -82,9 +60,6 @@ DEAD_LETTERS = Counter("checkout_dead_letters",
                        "Messages sent to a dead-letter topic, by source topic and stage "
                        "(handle, parse, compensation, retries, outbox).", ["topic", "stage"],
                        registry=REGISTRY)
-DEADLINES_PARKED = Counter("checkout_saga_deadlines_parked",
-                           "Sagas whose deadline could not be handled (a bug, a corrupt row): "
-                           "marked stuck, deadline cleared, for an operator.", registry=REGISTRY)
 DEAD_LETTERS_TRUNCATED = Counter("checkout_dead_letters_truncated",
                                  "Dead letters sent as a truncated copy (the original would not "
                                  "fit the producer's message.max.bytes), by source topic.",
@@ -112,9 +87,7 @@ OUTBOX_DELAY = Histogram("checkout_outbox_delay_seconds",
                          "From the transaction that wrote an outbox row to its publication.",
                          ["schema"], buckets=_FAST_BUCKETS, registry=REGISTRY)
 
-# ---- inventory ------------------------------------------------------------------
-HOLDS_LIVE = Gauge("checkout_holds_live", "Active stock holds; sampled by the timers role.",
-                   registry=REGISTRY)
+# ---- the worker -------------------------------------------------------------------
 READY = Gauge("checkout_worker_ready", "1 once the worker's consumers are built.",
               registry=REGISTRY)
 
@@ -172,20 +145,3 @@ def lag_statistics(worker: str, interval_ms: int = 5000) -> dict[str, Any]:
             log.debug("unreadable librdkafka statistics: %s", exc)
 
     return {"statistics.interval.ms": interval_ms, "stats_cb": on_stats}
-
-
-async def sample_gauges(inventory: asyncpg.Pool | None, saga: asyncpg.Pool | None) -> int:
-    """The gauges that come from a query (timers role). Returns 0: never busy."""
-    if inventory is not None:
-        HOLDS_LIVE.set(await inventory.fetchval(
-            "SELECT count(*) FROM inventory.holds WHERE status = 'ACTIVE'"))
-    if saga is not None:
-        rows = await saga.fetch(
-            "SELECT CASE WHEN (state->>'stuck')::boolean THEN 'STUCK' ELSE status END AS status, "
-            "count(*) AS n FROM saga.instances WHERE status IN ('RUNNING', 'COMPENSATING') "
-            "GROUP BY 1"
-        )
-        found = {r["status"]: r["n"] for r in rows}
-        for status in ("RUNNING", "COMPENSATING", "STUCK"):
-            SAGAS_IN_FLIGHT.labels(status).set(found.get(status, 0))
-    return 0

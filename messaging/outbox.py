@@ -24,6 +24,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncpg
 
@@ -88,6 +89,15 @@ async def enqueue(conn: asyncpg.Connection, schema: str, messages: Iterable[Outg
         return Written()
     rows = await conn.fetch(insert_sql(schema), *insert_args(msgs))
     return Written([r["id"] for r in rows], msgs)
+
+
+class Publisher(Protocol):
+    """What a writer hands its committed outbox rows to: ``OutboxRelay``, or
+    ``KeptOutbox`` where nothing may be published."""
+
+    def publish(self, written: Written) -> None: ...
+
+    def wake(self) -> None: ...
 
 
 class KeptOutbox:

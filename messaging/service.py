@@ -24,8 +24,9 @@ from confluent_kafka import Message
 from messaging import tracing
 from messaging.message import OutgoingMessage
 from messaging.messages import event_message, parse_message
-from messaging.outbox import OutboxRelay, Written, insert_args, insert_sql, traced
+from messaging.outbox import Publisher, Written, insert_args, insert_sql, traced
 from messaging.topics import SAGA_REPLIES
+from messaging.unit_of_work import unit_of_work
 from schemas.internal import REPLY_TYPE, Command, CommandReply
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class CommandService:
         name: str,
         pool: asyncpg.Pool,
         routes: Mapping[type[Command], Route],
-        relay: OutboxRelay,
+        relay: Publisher,
         prelock: LanePrelock | None = None,
     ) -> None:
         self.name = name
@@ -127,7 +128,8 @@ class CommandService:
         out: list[OutgoingMessage] = []
         recorded: list[tuple[str, str, bytes]] = []
         repeats: dict[tuple[str, str], str] = {}
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(self._pool, self.schema, self._relay) as work:
+            conn = work.conn
             if self._prelock is not None:
                 await self._prelock(conn, [c for _, c in parsed])
             fresh = await self._claim(conn, claims)
@@ -158,7 +160,7 @@ class CommandService:
                 "WHERE i.checkout_session_id = r.s AND i.command = r.c) " + insert_sql(self.schema),
                 *insert_args(out), *map(list, zip(*recorded, strict=True)) if recorded else ([], [], []),
             )
-        self._relay.publish(Written([r["id"] for r in ids], out))
+            work.wrote(Written([r["id"] for r in ids], out))
 
     async def _run(
         self, conn: asyncpg.Connection, todo: list[tuple[Message | None, Command]]

@@ -24,12 +24,13 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Message
 
-from messaging import dlq_headers, metrics, tracing
+from messaging import dlq_headers, tracing
 from messaging.errors import PermanentError, TransientError, is_transient
 from messaging.message import OutgoingMessage
 from messaging.messages import event_message, parse_consumed, parse_message
-from messaging.outbox import OutboxRelay, Written, enqueue, insert_args, insert_sql, traced
+from messaging.outbox import Publisher, Written, enqueue, insert_args, insert_sql, traced
 from messaging.topics import COMMAND_TOPICS
+from messaging.unit_of_work import unit_of_work
 from messaging.worker import dead_letter
 from saga import metrics as saga_metrics
 from saga.commands import build_command
@@ -94,7 +95,7 @@ class CoordinatorConfig:
 
 
 class Coordinator:
-    def __init__(self, pool: asyncpg.Pool, relay: OutboxRelay, config: CoordinatorConfig) -> None:
+    def __init__(self, pool: asyncpg.Pool, relay: Publisher, config: CoordinatorConfig) -> None:
         self._pool = pool
         self._relay = relay
         self._config = config
@@ -109,7 +110,8 @@ class Coordinator:
             return
         assert isinstance(data, CheckoutRequested)
         decision = self._start(data, event.id)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(self._pool, SCHEMA, self._relay) as work:
+            conn = work.conn
             now = await conn.fetchval(
                 "INSERT INTO saga.instances (checkout_session_id, definition_version, status, state) "
                 "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING RETURNING now()",
@@ -117,10 +119,9 @@ class Coordinator:
                 json.dumps(to_json(decision.state)),
             )
             if now is not None:
-                written = await self._apply(conn, CURRENT, decision, version=1, now=now)
+                work.wrote(await self._apply(conn, CURRENT, decision, version=1, now=now))
             else:
-                written = await self._repeat(conn, data.checkout_session_id)
-        self._relay.publish(written)
+                work.wrote(await self._repeat(conn, data.checkout_session_id))
 
     async def _reject(self, msg: Message, exc: InvalidEvent) -> None:
         """Bad input: the raw bytes to the dead-letter topic and, where a
@@ -132,11 +133,10 @@ class Coordinator:
         log.warning("rejected checkout request at %s[%s]@%s: %s",
                     msg.topic(), msg.partition(), msg.offset(), exc.reason)
         out = [dead_letter(msg, exc, stage="parse")]
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(self._pool, SCHEMA, self._relay) as work:
             if session is not None:
-                out += await self._answer_rejected(conn, session, exc.reason)
-            written = await enqueue(conn, SCHEMA, out)
-        self._relay.publish(written)
+                out += await self._answer_rejected(work.conn, session, exc.reason)
+            await work.send(out)
 
     async def _answer_rejected(
         self, conn: asyncpg.Connection, session: str, reason: str
@@ -183,7 +183,8 @@ class Coordinator:
         """Decide on one event and carry the decision out; returns it (operators read it)."""
         # No explicit transaction: _apply writes the row, its log and its
         # outbox rows in one statement guarded by the version we read.
-        async with self._pool.acquire() as conn:
+        async with unit_of_work(self._pool, SCHEMA, self._relay, atomic=False) as work:
+            conn = work.conn
             row = await conn.fetchrow(
                 "SELECT state, version, now() AS now FROM saga.instances "
                 "WHERE checkout_session_id = $1",
@@ -194,9 +195,8 @@ class Coordinator:
             state = from_json(json.loads(row["state"]))
             definition = DEFINITIONS[state.definition_version]
             decision = decide(definition, self._config.machine, state, event)
-            written = await self._apply(conn, definition, decision, version=row["version"],
-                                        previous=state, now=row["now"])
-        self._relay.publish(written)
+            work.wrote(await self._apply(conn, definition, decision, version=row["version"],
+                                         previous=state, now=row["now"]))
         return decision
 
     # ---- a lane: many requests and replies, one transaction -------------------
@@ -212,7 +212,8 @@ class Coordinator:
         out: list[OutgoingMessage] = []
         entries: list[tuple[str, str, str, str]] = []
         decisions: list[Decision] = []
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(self._pool, SCHEMA, self._relay) as work:
+            conn = work.conn
             rows = await conn.fetch(
                 "SELECT checkout_session_id, state, version, finished_at, now() AS now "
                 "FROM saga.instances WHERE checkout_session_id = ANY($1::text[]) FOR UPDATE",
@@ -249,15 +250,14 @@ class Coordinator:
                     out.extend(plan.out)
                     entries.extend((sid, *e) for e in plan.entries)
                     decisions.append(decision)
-            written = await _write_lane(conn, sagas, entries, out)
-        self._relay.publish(written)
+            work.wrote(await _write_lane(conn, sagas, entries, out))
         for decision in decisions:
             saga_metrics.observe_decision(decision, decision.state.context.get(tracing.SAGA_CONTEXT_KEY))
 
     async def fire_due_deadlines(self, limit: int = 100) -> int:
         """Feed a timeout into every saga whose deadline has passed."""
-        written = Written()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with unit_of_work(self._pool, SCHEMA, self._relay) as work:
+            conn = work.conn
             rows = await conn.fetch(
                 "SELECT checkout_session_id, state, version, deadline_token, now() AS now "
                 "FROM saga.instances WHERE deadline_at <= now() ORDER BY deadline_at LIMIT $1 "
@@ -267,12 +267,11 @@ class Coordinator:
             for row in rows:
                 try:
                     async with conn.transaction():  # a savepoint: one bad saga is undone alone
-                        written.add(await self._fire_deadline(conn, row))
+                        work.wrote(await self._fire_deadline(conn, row))
                 except Exception as exc:
                     if is_transient(exc):
                         raise  # the whole pass again, later
                     await self._park(conn, row["checkout_session_id"], exc)
-        self._relay.publish(written)
         return len(rows)
 
     async def _fire_deadline(self, conn: asyncpg.Connection, row: asyncpg.Record) -> Written:
@@ -292,7 +291,7 @@ class Coordinator:
         an operator (`saga list --stuck`)."""
         detail = f"deadline could not be handled ({type(exc).__name__}: {exc}); saga stuck"[:2000]
         log.error("saga %s: %s", session_id, detail)
-        metrics.DEADLINES_PARKED.inc()
+        saga_metrics.DEADLINES_PARKED.inc()
         await conn.execute(
             "UPDATE saga.instances SET deadline_at = NULL, deadline_token = NULL, "
             "state = jsonb_set(state, '{stuck}', 'true'), version = version + 1, "

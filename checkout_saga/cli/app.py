@@ -31,7 +31,7 @@ from messaging.settings import Settings
 from saga import queries as saga_queries
 from services.inventory import admin as inventory_admin
 from services.inventory import store as inventory_store
-from services.inventory.gate import RedisStockGate
+from services.inventory.redis_gate import RedisStockGate
 from services.orders import store as orders_store
 
 app = typer.Typer(name="checkout-saga", help="Checkout saga orchestrator: operator commands.",

@@ -163,6 +163,7 @@ def analytics(
     from analytics.app import Analytics
     from analytics.settings import AnalyticsSettings
     from checkout_saga import bootstrap
+    from checkout_saga.hot_marker import InventoryHotMarker
     from messaging import logs
 
     settings = bootstrap.operator_settings()
@@ -174,7 +175,7 @@ def analytics(
     options = AnalyticsSettings(**overrides)  # type: ignore[arg-type]
     ensure_can_bind(options.host, options.port)  # before announcing the address
     logs.setup(settings.checkout_log_level, settings.checkout_log_format)
-    app = Analytics(settings, options).app
+    app = Analytics(settings, options, InventoryHotMarker(settings)).app
     err.print(f"analytics dashboard on http://{options.host}:{options.port}/")
     # faust's worker owns the event loop and the signals until it stops.
     worker = faust.Worker(app, loglevel=settings.checkout_log_level.lower(),

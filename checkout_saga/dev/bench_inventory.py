@@ -45,9 +45,9 @@ from messaging.settings import Settings
 from schemas.contract import LineItem
 from schemas.internal import Command, ReserveStock
 from services.inventory import admin, schema, store
-from services.inventory.gate import RedisStockGate
 from services.inventory.handlers import InventoryHandlers
 from services.inventory.hot import HotConfig
+from services.inventory.redis_gate import RedisStockGate
 from services.inventory.rules import Line, check_cart, out_of_stock
 
 console = Console()
@@ -116,7 +116,7 @@ def _percentile(samples: list[float], q: float) -> float:
 
 async def _scenario(name: str, pool: asyncpg.Pool, routes: Mapping[type[Command], Route],
                     skus: list[str], attempts: int, concurrency: int) -> Result:
-    service = CommandService("inventory", pool, routes, KeptOutbox())  # type: ignore[arg-type]
+    service = CommandService("inventory", pool, routes, KeptOutbox())
     seconds, latencies = await _drive(service, skus, attempts, concurrency)
     held = await pool.fetchval(
         "SELECT coalesce(sum(held), 0) FROM inventory.products WHERE sku = ANY($1::text[])", skus)

@@ -29,8 +29,9 @@ from pydantic import BaseModel
 from messaging.errors import PermanentError, TransientError
 from messaging.message import OutgoingMessage
 from messaging.messages import event_message, parse_message
-from messaging.outbox import OutboxRelay, enqueue
+from messaging.outbox import Publisher
 from messaging.topics import FULFILLMENT_EVENTS, ORDERS_EVENTS, ORDERS_REPLIES, ORDERS_REQUESTS
+from messaging.unit_of_work import unit_of_work
 from schemas.contract import (
     TOPIC_EVENT_TYPES,
     CancelOrderRequested,
@@ -64,7 +65,7 @@ def ids(data: BaseModel) -> tuple[str, str]:
 
 
 class OrderEvents:
-    def __init__(self, pool: asyncpg.Pool, relay: OutboxRelay, retry_after: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, relay: Publisher, retry_after: float) -> None:
         self._pool = pool
         self._relay = relay
         self._retry_after = retry_after
@@ -80,8 +81,8 @@ class OrderEvents:
     async def handle_event(self, msg: Message) -> None:
         topic = msg.topic() or ""
         event, data = parse_message(msg, TOPIC_EVENT_TYPES[topic])
-        async with self._pool.acquire() as conn, conn.transaction():
-            fresh = await conn.fetchval(
+        async with unit_of_work(self._pool, SCHEMA, self._relay) as work:
+            fresh = await work.conn.fetchval(
                 "INSERT INTO orders.event_inbox (event_id, topic, type, order_id) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
                 event.id, topic, event.type, ids(data)[0],
@@ -90,8 +91,7 @@ class OrderEvents:
                 log.info("%s %s (id %s) already handled: duplicate ignored", topic, event.type,
                          event.id)
                 return
-            written = await enqueue(conn, SCHEMA, await self.apply(conn, data))
-        self._relay.publish(written)
+            await work.send(await self.apply(work.conn, data))
 
     async def apply(self, conn: asyncpg.Connection, data: BaseModel) -> list[OutgoingMessage]:
         """Judge the event against the order as it is now; on a lost race, re-read."""
@@ -140,6 +140,5 @@ class OrderEvents:
     async def handle_reply(self, msg: Message) -> None:
         _, reply = parse_message(msg, {REPLY_TYPE: CommandReply})
         assert isinstance(reply, CommandReply)
-        async with self._pool.acquire() as conn, conn.transaction():
-            written = await enqueue(conn, SCHEMA, await settlement.on_reply(conn, reply))
-        self._relay.publish(written)
+        async with unit_of_work(self._pool, SCHEMA, self._relay) as work:
+            await work.send(await settlement.on_reply(work.conn, reply))

@@ -26,8 +26,9 @@ import asyncpg
 from messaging.errors import PermanentError
 from messaging.message import OutgoingMessage
 from messaging.messages import event_message
-from messaging.outbox import OutboxRelay, enqueue
+from messaging.outbox import Publisher
 from messaging.topics import INVENTORY_COMMANDS, ORDERS_EVENTS, PAYMENT_COMMANDS
+from messaging.unit_of_work import unit_of_work
 from schemas.contract import LineItem, OrderCancelled, OrderReturned
 from schemas.internal import CommandReply, RefundPayment, RestockOrder
 from services.orders import store
@@ -154,13 +155,12 @@ async def _finish(conn: asyncpg.Connection, order: asyncpg.Record) -> list[Outgo
 # ---- the retry timer ------------------------------------------------------------
 
 
-async def resend_due(pool: asyncpg.Pool, relay: OutboxRelay, retry_after: float,
+async def resend_due(pool: asyncpg.Pool, relay: Publisher, retry_after: float,
                      limit: int = 200) -> int:
     """Send again the commands of settlements still waiting past their deadline."""
-    async with pool.acquire() as conn, conn.transaction():
-        out = await claim_due(conn, retry_after, limit)
-        written = await enqueue(conn, SCHEMA, out)
-    relay.publish(written)
+    async with unit_of_work(pool, SCHEMA, relay) as work:
+        out = await claim_due(work.conn, retry_after, limit)
+        await work.send(out)
     return len(out)
 
 

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncpg
 
-from messaging.outbox import OutboxRelay, Written, enqueue
+from messaging.outbox import Publisher
 from messaging.service import reply_message
+from messaging.unit_of_work import unit_of_work
 from services.payment.gateway import PaymentGateway, Pending
 from services.payment.handlers import record_answer
 
 SOURCE = "urn:checkout-saga:payment"
 
 
-async def book_late_answers(pool: asyncpg.Pool, gateway: PaymentGateway, relay: OutboxRelay) -> int:
+async def book_late_answers(pool: asyncpg.Pool, gateway: PaymentGateway, relay: Publisher) -> int:
     """Ask the gateway again (same idempotency key) about every unanswered payment."""
     await gateway.answered_late(500)
     booked = 0
-    written = Written()
-    async with pool.acquire() as conn, conn.transaction():
+    async with unit_of_work(pool, "payment", relay) as work:
+        conn = work.conn
         rows = await conn.fetch(
             "SELECT checkout_session_id, idempotency_key, amount, currency FROM payment.payments "
             "WHERE status = 'PENDING' AND updated_at < now() - interval '200 milliseconds' "
@@ -36,7 +37,6 @@ async def book_late_answers(pool: asyncpg.Pool, gateway: PaymentGateway, relay: 
                 continue
             reply = await record_answer(conn, row["checkout_session_id"], answer, gateway)
             if reply is not None:
-                written.add(await enqueue(conn, "payment", [reply_message(SOURCE, reply)]))
+                await work.send([reply_message(SOURCE, reply)])
                 booked += 1
-    relay.publish(written)
     return booked

@@ -30,8 +30,8 @@ from saga import queries as saga_queries
 from schemas.contract import LineItem
 from schemas.internal import ReserveStock
 from services.inventory import admin, store
-from services.inventory.gate import RedisStockGate, holders_key
 from services.inventory.handlers import InventoryHandlers
+from services.inventory.redis_gate import RedisStockGate, holders_key
 
 PRICE = 1500
 T = TypeVar("T")

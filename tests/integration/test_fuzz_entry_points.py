@@ -38,7 +38,7 @@ from checkout_saga.runtime import DDL
 from messaging.db import create_pool, migrate
 from messaging.errors import PermanentError
 from messaging.messages import event_message
-from messaging.outbox import KeptOutbox, OutboxRelay
+from messaging.outbox import KeptOutbox, Publisher
 from messaging.service import CommandService
 from messaging.topics import (
     CHECKOUT_REQUESTED,
@@ -69,8 +69,8 @@ from schemas.internal import (
 )
 from services.inventory import lane as inventory_lane
 from services.inventory import store
-from services.inventory.gate import RedisStockGate
 from services.inventory.handlers import InventoryHandlers
+from services.inventory.redis_gate import RedisStockGate
 from services.orders.external import OrderEvents
 from services.orders.handlers import ROUTES as ORDERS_ROUTES
 from services.payment.gateway import SimulatedGateway
@@ -83,8 +83,8 @@ SKUS = ["FUZZ-1", "FUZZ-2"]
 Handler = Callable[[Message], Awaitable[None]]
 
 
-def kept(pool: asyncpg.Pool, schema: str) -> OutboxRelay:
-    return KeptOutbox()  # type: ignore[return-value]  # the rows stay to be counted
+def kept(pool: asyncpg.Pool, schema: str) -> Publisher:
+    return KeptOutbox()  # the rows stay to be counted
 
 
 @dataclass

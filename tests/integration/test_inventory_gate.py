@@ -20,9 +20,9 @@ from messaging.db import migrate
 from schemas.contract import LineItem
 from schemas.internal import CommitStock, ReleaseStock, ReserveStock
 from services.inventory import admin, schema, store
-from services.inventory.gate import RedisStockGate, holders_key, stock_key
 from services.inventory.handlers import InventoryHandlers
 from services.inventory.hot import HotConfig
+from services.inventory.redis_gate import RedisStockGate, holders_key, stock_key
 from services.inventory.rules import Line
 from services.inventory.timers import reconcile_hot, sweep_holds
 

@@ -17,7 +17,7 @@ from helpers import uid
 
 from messaging.db import migrate
 from services.inventory import schema
-from services.inventory.gate import RedisStockGate, holders_key, stock_key
+from services.inventory.redis_gate import RedisStockGate, holders_key, stock_key
 from services.inventory.timers import sweep_holds
 
 SKUS, PER_SKU, HOT, SWEEPERS = 20, 500, 5, 20

@@ -26,7 +26,7 @@ from messaging.db import create_pool, migrate
 from messaging.errors import PermanentError
 from messaging.kafka import AsyncProducer
 from messaging.messages import event_message
-from messaging.outbox import KeptOutbox, OutboxRelay, Written
+from messaging.outbox import KeptOutbox, Publisher, Written
 from messaging.service import CommandService
 from messaging.topics import CHECKOUT_REQUESTED, COMMAND_TOPICS, SAGA_REPLIES, dlq_topic
 from messaging.worker import ConsumerLoop
@@ -45,8 +45,8 @@ from schemas.internal import (
 )
 from services.inventory import lane as inventory_lane
 from services.inventory import store
-from services.inventory.gate import RedisStockGate
 from services.inventory.handlers import InventoryHandlers
+from services.inventory.redis_gate import RedisStockGate
 from services.orders.handlers import ROUTES as ORDERS_ROUTES
 from services.payment.gateway import SimulatedGateway
 from services.payment.handlers import PaymentHandlers
@@ -80,8 +80,8 @@ async def services(stack, pool: asyncpg.Pool) -> AsyncIterator[dict[str, Command
     await client.aclose()
 
 
-def relay(pool: asyncpg.Pool, schema: str) -> OutboxRelay:
-    return KeptOutbox()  # type: ignore[return-value]  # the rows stay to be read
+def relay(pool: asyncpg.Pool, schema: str) -> Publisher:
+    return KeptOutbox()  # the rows stay to be read
 
 
 def kafka_message(topic: str, key: str, value: bytes) -> Message:

@@ -26,8 +26,8 @@ from messaging.errors import is_transient
 from messaging.kafka import AsyncProducer
 from messaging.topics import dlq_topic
 from messaging.worker import ConsumerLoop
-from services.inventory.gate import RedisStockGate
 from services.inventory.hot import Admission as StockAdmission
+from services.inventory.redis_gate import RedisStockGate
 from services.inventory.rules import Line
 from services.promotions.gate import Admission
 from services.promotions.redis_gate import RedisUsageGate, keys

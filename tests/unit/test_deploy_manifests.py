@@ -140,7 +140,9 @@ def test_grafana_is_provisioned_with_the_dashboard_on_that_datasource() -> None:
 
 
 def exported_series() -> set[str]:
-    """Every series name the workers' registry can expose, children or not."""
+    """Every series name the workers' registry can expose, children or not (a worker
+    process imports the runtime, which brings the saga's and inventory's metrics)."""
+    import checkout_saga.runtime  # noqa: F401
     from messaging.metrics import REGISTRY
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
