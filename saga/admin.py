@@ -24,8 +24,9 @@ from typing import Any
 import asyncpg
 
 from messaging.errors import CheckoutSagaError, PermanentError
-from saga.coordinator import Coordinator, SagaMovedOn
+from saga.coordinator import Coordinator
 from saga.definition import DEFINITIONS
+from saga.repository import SagaMovedOn
 from saga.state import OperatorAction, OperatorKind, SagaStatus, from_json
 
 

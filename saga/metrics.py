@@ -12,6 +12,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from messaging import metrics, tracing
+from saga import repository
 from saga.state import Decision, SendCommand
 
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -44,12 +45,7 @@ DEADLINES_PARKED = Counter("checkout_saga_deadlines_parked",
 
 async def sample_in_flight(pool: asyncpg.Pool) -> None:
     """The in-flight gauge, from ``saga.instances`` (sampled by the timers role)."""
-    rows = await pool.fetch(
-        "SELECT CASE WHEN (state->>'stuck')::boolean THEN 'STUCK' ELSE status END AS status, "
-        "count(*) AS n FROM saga.instances WHERE status IN ('RUNNING', 'COMPENSATING') "
-        "GROUP BY 1"
-    )
-    found = {r["status"]: r["n"] for r in rows}
+    found = await repository.in_flight(pool)
     for status in ("RUNNING", "COMPENSATING", "STUCK"):
         SAGAS_IN_FLIGHT.labels(status).set(found.get(status, 0))
 
