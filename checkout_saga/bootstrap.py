@@ -10,10 +10,12 @@ command joins that stack); failing both, the embedded server is started.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import uvloop
 
 from checkout_saga import endpoints
 from checkout_saga.embedded.kafka_broker import KAFKA_VERSION
@@ -23,8 +25,14 @@ from messaging.db import create_pool, migrate
 from messaging.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _BROKER_NAMES = {"kafka": f"Apache Kafka {KAFKA_VERSION}", "tansu": "tansu, the fallback"}
+
+
+def run(coro: Awaitable[T]) -> T:
+    """Run a command's coroutine on the event loop every process of the project uses."""
+    return uvloop.run(coro)  # type: ignore[no-any-return, arg-type]
 
 
 def operator_settings() -> Settings:

@@ -15,15 +15,17 @@ from rich.console import Console
 from rich.table import Table
 
 from checkout_saga import bootstrap, stock_csv
+from checkout_saga.bootstrap import run
 from checkout_saga.cli import bench as cli_bench
 from checkout_saga.cli import console as cli_console
 from checkout_saga.cli import observe as cli_observe
 from checkout_saga.cli import ops as cli_ops
 from checkout_saga.cli import promo as cli_promo
-from checkout_saga.cli.common import print_json, run, settings_for_command, with_pool
+from checkout_saga.cli.common import settings_for_command, with_pool
 from checkout_saga.cli.console import OperatorConsole
 from checkout_saga.cli.params import file_argument
 from checkout_saga.cli.topics import topics_app
+from checkout_saga.output import print_json
 from checkout_saga.runtime import ROLES, Runtime, hard_stop_after
 from messaging import logs, tracing
 from messaging.errors import OperatorInputError

@@ -1,27 +1,23 @@
-"""What the command groups of ``checkout-saga`` share: the event loop, the
-settings a command reads, a connection on one schema and JSON output. It lives here, below ``checkout_saga.cli.app``, so that the command-group
-modules import it rather than the CLI module that imports them (no cycle)."""
+"""What the command groups of ``checkout-saga`` share: the settings a command reads,
+refused in one line when a server is missing, its logging, and a connection on one
+schema. It lives here, below ``checkout_saga.cli.app``, so that the command-group
+modules import it rather than the CLI module that imports them (no cycle). The event
+loop and JSON output are the application's: ``bootstrap.run``, ``output.print_json``."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import typer
-import uvloop
 
 from checkout_saga import bootstrap
 from checkout_saga.cli.console import err
 from messaging.settings import Settings
 
 T = TypeVar("T")
-
-
-def run(coro: Awaitable[T]) -> T:
-    return uvloop.run(coro)  # type: ignore[no-any-return, arg-type]
 
 
 def settings_for_command(db: str | None = "inventory", kafka: bool = False) -> Settings:
@@ -47,6 +43,3 @@ async def with_pool(settings: Settings, schema: str, fn: Callable[[Any], Awaitab
     async with bootstrap.schema_connection(settings, schema) as conn:
         return await fn(conn)
 
-
-def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, default=str, indent=2) + "\n")

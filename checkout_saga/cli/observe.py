@@ -128,7 +128,8 @@ def saga_graph(
     version: int | None = typer.Option(None, "--version", help="Definition version (default: current)."),
 ) -> None:
     """The saga definition as a Mermaid flowchart; with SESSION_ID, that saga's progress marked."""
-    from checkout_saga.cli.common import run, settings_for_command, with_pool
+    from checkout_saga.bootstrap import run
+    from checkout_saga.cli.common import settings_for_command, with_pool
     from saga import queries as saga_queries
     from saga.definition import CURRENT, DEFINITIONS
     from saga.graph import mermaid, progress_from_log

@@ -25,8 +25,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from checkout_saga.bootstrap import run
 from checkout_saga.cli import console as cli_console
-from checkout_saga.cli.common import print_json, run, settings_for_command, setup_logging
+from checkout_saga.cli.common import settings_for_command, setup_logging
+from checkout_saga.output import print_json
 from messaging.errors import OperatorInputError
 from messaging.settings import Settings
 

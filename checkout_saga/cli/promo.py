@@ -13,8 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from checkout_saga.bootstrap import run
 from checkout_saga.cli import console as cli_console
-from checkout_saga.cli.common import print_json, run, settings_for_command, with_pool
+from checkout_saga.cli.common import settings_for_command, with_pool
+from checkout_saga.output import print_json
 from messaging.errors import OperatorInputError
 from services.inventory import store as inventory_store
 from services.promotions import store

@@ -9,9 +9,6 @@ environment (``CHECKOUT_PARTITIONS``, ``CHECKOUT_REPLICATION_FACTOR``,
 
 from __future__ import annotations
 
-import json
-import sys
-
 import typer
 from confluent_kafka import KafkaException
 from rich.console import Console
@@ -19,6 +16,7 @@ from rich.console import Console
 from checkout_saga import bootstrap
 from checkout_saga.cli import console as cli_console
 from checkout_saga.cli.console import names_table
+from checkout_saga.output import print_json
 from messaging.topic_admin import (
     CreateReport,
     TopicSpec,
@@ -83,7 +81,7 @@ def list_topics(
              "planned_partitions": s.partitions, "exists": found[s.name] is not None}
             for s in specs]
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        print_json(rows)
         return
     table = names_table("topic", "kind", "partitions", "planned", names=[s.name for s in specs])
     for r in rows:
@@ -101,7 +99,7 @@ def _show(specs: tuple[TopicSpec, ...], report: CreateReport | None, as_json: bo
         out: dict[str, object] = {"topics": [_spec_json(s) for s in specs]}
         if report is not None:
             out |= report.as_dict()
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        print_json(out)
         return
     differing = {str(d["topic"]): d for d in report.differing} if report else {}
     # Replicas are one figure for every topic: a line under the table, not a column.

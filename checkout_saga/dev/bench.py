@@ -30,11 +30,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from checkout_saga.client import checkout_request
 from checkout_saga.runtime import ROLES, prepare
+from checkout_saga.seeding import seed_stock
 from messaging.db import create_pool
 from messaging.kafka import ensure_topics
 from messaging.settings import Settings
 from messaging.topics import CHECKOUT_REQUESTED, CHECKOUT_RESULTS
-from services.inventory import store as inventory_store
 
 STEPS_PER_CHECKOUT = 6
 BASELINE_TOPIC = "bench.baseline"
@@ -169,12 +169,8 @@ def drive(settings: Settings, run: Run, duration: float, rate: float | None, win
 
 
 async def seed(settings: Settings, run_id: str) -> None:
-    pool = await create_pool(settings.dsn_for("inventory"), 2)
-    async with pool.acquire() as conn:
-        for i in range(50):
-            await inventory_store.set_stock(conn, f"BENCH-{run_id}-{i}", 500, 10_000_000)
-        await inventory_store.set_stock(conn, f"BENCH-{run_id}-GONE", 500, 0)
-    await pool.close()
+    await seed_stock(settings, {**{f"BENCH-{run_id}-{i}": (500, 10_000_000) for i in range(50)},
+                                f"BENCH-{run_id}-GONE": (500, 0)})
 
 
 async def step_latencies(settings: Settings, run_id: str) -> dict[str, dict[str, float]]:

@@ -20,8 +20,6 @@ drops it afterwards.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -32,12 +30,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import redis.asyncio
 import typer
-import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from checkout_saga import endpoints
+from checkout_saga import bootstrap, endpoints
 from checkout_saga.embedded.stack import EmbeddedStack
+from checkout_saga.output import print_json
 from messaging.db import migrate
 from messaging.outbox import KeptOutbox
 from messaging.service import CommandService, Outcome, Route, failed, ok
@@ -218,11 +216,11 @@ def inventory(
         settings = settings.model_copy(update={
             "database_url": settings.database_url or found.database_url,
             "redis_url": found.redis_url})
-        report = uvloop.run(run_bench(settings, attempts, units, concurrency, cold_skus))
+        report = bootstrap.run(run_bench(settings, attempts, units, concurrency, cold_skus))
     finally:
         stack.stop()
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        print_json(report)
     else:
         render(report)
 

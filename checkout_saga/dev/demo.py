@@ -21,10 +21,11 @@ from rich.table import Table
 
 from checkout_saga import bootstrap
 from checkout_saga.client import Cart, checkout_request
+from checkout_saga.output import print_json
 from checkout_saga.runtime import Runtime, prepare
+from checkout_saga.seeding import seed_stock
 from messaging.db import create_pool
 from messaging.settings import Settings
-from services.inventory import store as inventory_store
 
 console = Console()
 
@@ -61,12 +62,8 @@ def plan(n: int, run_id: str) -> list[tuple[str, str, bytes | None]]:
 
 
 async def seed(settings: Settings, run_id: str) -> None:
-    pool = await create_pool(settings.dsn_for("inventory"), 2)
-    async with pool.acquire() as conn:
-        for i in range(5):
-            await inventory_store.set_stock(conn, f"DEMO-{run_id}-{i}", 1999, 10_000)
-        await inventory_store.set_stock(conn, f"DEMO-{run_id}-SCARCE", 4999, SCARCE_UNITS)
-    await pool.close()
+    await seed_stock(settings, {**{f"DEMO-{run_id}-{i}": (1999, 10_000) for i in range(5)},
+                                f"DEMO-{run_id}-SCARCE": (4999, SCARCE_UNITS)})
 
 
 async def stock_report(settings: Settings, run_id: str) -> list[dict[str, Any]]:
@@ -116,15 +113,10 @@ async def drive(settings: Settings, n: int, as_json: bool) -> dict[str, Any]:
 
 
 def run_demo(n: int, as_json: bool) -> None:
-    import json
-    import sys
-
-    import uvloop
-
     with bootstrap.private_stack(Settings(), "demo-stack") as settings:
-        report = uvloop.run(drive(settings, n, as_json))
+        report = bootstrap.run(drive(settings, n, as_json))
     if as_json:
-        sys.stdout.write(json.dumps(report, default=str, indent=2) + "\n")
+        print_json(report)
     else:
         table = Table("outcome", "count", title=f"{n} checkouts in {report['seconds']} s "
                       f"({report['per_second']}/s)")

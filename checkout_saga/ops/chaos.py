@@ -27,11 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from checkout_saga import bootstrap
 from checkout_saga.client import Cart, checkout_request
 from checkout_saga.embedded.stack import EmbeddedStack
 from checkout_saga.ops.supervisor import Supervisor, settings_env
 from checkout_saga.ops.verify import VerifyOptions, verify
 from checkout_saga.runtime import DDL, ROLES, prepare
+from checkout_saga.seeding import seed_stock
 from messaging.db import create_pool
 from messaging.settings import Settings
 
@@ -163,20 +165,10 @@ def plan_checkouts(n: int, run: str, rng: random.Random) -> list[Checkout]:
 
 
 async def seed(settings: Settings, run: str) -> None:
-    from services.inventory import admin as inventory_admin
-    from services.inventory import store as inventory_store
-
-    pool = await create_pool(settings.dsn_for("inventory"), 2)
-    try:
-        async with pool.acquire() as conn:
-            for j in range(4):
-                await inventory_store.set_stock(conn, f"CH-{run}-{j}", PRICE, 100_000)
-            await inventory_store.set_stock(conn, f"CH-{run}-SCARCE", PRICE, SCARCE_UNITS)
-            # Hot SKUs go through the Redis gate first: the scarce one and one of plenty.
-            for sku in (f"CH-{run}-SCARCE", f"CH-{run}-3"):
-                await inventory_admin.mark_hot(conn, None, sku, True)
-    finally:
-        await pool.close()
+    # Hot SKUs go through the Redis gate first: the scarce one and one of plenty.
+    await seed_stock(settings, {**{f"CH-{run}-{j}": (PRICE, 100_000) for j in range(4)},
+                                f"CH-{run}-SCARCE": (PRICE, SCARCE_UNITS)},
+                     hot=(f"CH-{run}-SCARCE", f"CH-{run}-3"))
     if "promotions" in DDL:
         from services.promotions import store as promo_store
         from services.promotions.rules import Promo
@@ -321,8 +313,8 @@ def run_chaos(workdir: Path, plan: ChaosPlan, base_env: Mapping[str, str],
         env = {**base_env, **urls, **TIMEOUTS, "CHECKOUT_DATA_DIR": str(workdir / "data")}
         settings = settings_from(urls | TIMEOUTS, checkout_data_dir=workdir / "data")
         say(f"stack up: {plan.brokers} Kafka node(s) ({stack.broker})")
-        asyncio.run(prepare(settings))
-        asyncio.run(seed(settings, run))
+        bootstrap.run(prepare(settings))
+        bootstrap.run(seed(settings, run))
         supervisor = Supervisor(ROLES, plan.per_role, env, workdir / "workers")
         supervisor.start()
         watcher = threading.Thread(target=supervisor.run, args=(stop,), name="supervisor",
@@ -350,9 +342,9 @@ def run_chaos(workdir: Path, plan: ChaosPlan, base_env: Mapping[str, str],
         report.goodput = goodput(checkouts, results)
         report.wrong_outcomes = len(report.wrong)
         say("waiting for the system to be quiet")
-        asyncio.run(wait_quiet(settings, plan.result_timeout))
+        bootstrap.run(wait_quiet(settings, plan.result_timeout))
         say("verifying")
-        checked = asyncio.run(verify(settings, VerifyOptions(grace=1.0, topic_idle=0.5)))
+        checked = bootstrap.run(verify(settings, VerifyOptions(grace=1.0, topic_idle=0.5)))
         report.verify = checked.as_json()
         report.breaches = checked.breaches + sum(
             1 for c in checked.checks if c.status == "error")
